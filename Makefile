@@ -1,0 +1,29 @@
+# hwprune: `make demo` and `make test` work on a fresh machine (CPU-only torch via constraints.txt).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hwprune-installed
+
+.PHONY: venv test test-all demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation --no-deps -e ".[onnx,dev]"
+	$(PY) -c "import torch; assert torch.version.cuda is None, 'CUDA torch pulled in: ' + torch.__version__"
+	! $(PY) -m pip list 2>/dev/null | grep -i -E '^(nvidia|triton)'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m "not gpu and not trt"
+
+demo: $(STAMP)
+	$(VENV)/bin/hwprune run
+
+clean:
+	rm -rf $(VENV) build *.egg-info
