@@ -1,0 +1,58 @@
+"""``hwprune export``: a run directory's final model (or a bare registry model) -> validated ONNX + report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["COMMANDS", "export"]
+
+
+@click.command("export")
+@click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_name", default=None, help="Export a bare registry model instead of a RUN_DIR.")
+@click.option("--stage", default=None, help="RUN_DIR stage to export (default: the most processed one).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True, help="With --model.")
+@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True, help="With --model.")
+@click.option("--input-size", type=click.IntRange(min=1), default=32, show_default=True, help="With --model.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ONNX path (default RUN_DIR/model.onnx); export_report.json goes next to it.")
+@click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-5, show_default=True)
+@click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True)
+@click.option("--dynamic-batch/--no-dynamic-batch", default=True, show_default=True)
+@click.option("--simplify/--no-simplify", default=False, show_default=True, help="Run onnxslim (outputs verified).")
+@click.option("--dynamo/--no-dynamo", default=False, show_default=True, help="Use the torch.export-based exporter.")
+def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_classes: int, in_channels: int,
+           input_size: int, out: Path | None, opset: int, atol: float, rtol: float, dynamic_batch: bool,
+           simplify: bool, dynamo: bool) -> None:
+    """Export RUN_DIR's final model (or --model NAME) to ONNX, check it and compare ORT with PyTorch."""
+    import torch
+
+    from hwprune.errors import ConfigError
+    from hwprune.export import ExportConfig, export_and_validate
+
+    if (run_dir is None) == (model_name is None):
+        raise ConfigError("give exactly one of RUN_DIR or --model NAME")
+    if run_dir is not None:
+        from hwprune.modelio import load_run_model
+
+        model, example, source = load_run_model(run_dir, stage)
+        out = out or run_dir / "model.onnx"
+    else:
+        from hwprune.models import create_model
+
+        if out is None:
+            raise ConfigError("--out PATH is required with --model")
+        model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+        example, source = torch.randn(1, in_channels, input_size, input_size), f"model {model_name}"
+    cfg = ExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, dynamo=dynamo,
+                       simplify=simplify)
+    report = export_and_validate(model, example, out, cfg, report_path=out.parent / "export_report.json")
+    click.echo(f"exported {source} -> {out} (opset {report.opset}, {report.num_nodes} nodes); "
+               f"max abs diff {report.max_abs_diff:.3g}, max rel diff {report.max_rel_diff:.3g} "
+               f"(atol {atol:g}, rtol {rtol:g}); report: {out.parent / 'export_report.json'}")
+
+
+COMMANDS: list[click.Command] = [export]

@@ -1,0 +1,43 @@
+"""Shared test setup: isolated caches, fixed seeds, and collection-time skips for `gpu` / `trt` tests."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import random
+
+import numpy as np
+import pytest
+import torch
+
+
+def _tensorrt_imports() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        importlib.import_module("tensorrt")
+    except Exception:  # broken native libraries count as absent
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without CUDA and `trt` tests when tensorrt does not import."""
+    has_cuda = torch.cuda.is_available()
+    has_trt = _tensorrt_imports() if any("trt" in item.keywords for item in items) else False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install 'hwprune[trt]')"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point caches at a temporary directory and seed python, numpy and torch."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
