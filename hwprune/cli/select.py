@@ -1,0 +1,61 @@
+"""``hwprune select [--json] [--measure MODEL] [--sparsity S]``: rank the hardware profiles for this machine."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+__all__ = ["COMMANDS", "select"]
+
+
+@click.command("select")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--measure", "model", default=None, metavar="MODEL",
+              help="Also prune MODEL under each matching profile and time it here (ONNX Runtime CPU).")
+@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Group sparsity for --measure.")
+@click.option("--input-size", type=int, default=32, show_default=True, help="Image side for --measure.")
+@click.option("--in-channels", type=int, default=3, show_default=True, help="Input channels for --measure.")
+@click.option("--iters", type=int, default=None, help="Timed iterations per round (default: the profile's).")
+@click.option("--repeats", type=int, default=None, help="Timing rounds (default: the profile's).")
+def select(as_json: bool, model: str | None, sparsity: float, input_size: int, in_channels: int,
+           iters: int | None, repeats: int | None) -> None:
+    """Detect this machine and rank the bundled profiles, with the reasons for each score."""
+    from hwprune.select import detect_machine, measure_profiles, rank_profiles
+
+    facts = detect_machine()
+    ranked = rank_profiles(facts)
+    rows = None
+    if model is not None:
+        rows = measure_profiles(model, facts, sparsity=sparsity, input_size=input_size, in_channels=in_channels,
+                                iters=iters, repeats=repeats)
+    if as_json:
+        out = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked]}
+        if rows is not None:
+            out["measured"] = rows
+            out["recommended"] = next((r["profile"] for r in rows if r["recommended"]), None)
+        click.echo(json.dumps(out, indent=2))
+        return
+    gpus = ", ".join(f"{n} (cc {c})" for n, c in facts.gpus) or "none"
+    isa = ",".join(sorted(f for f in facts.isa if f.startswith(("avx", "fma", "neon", "asimd", "sve", "amx"))))
+    click.echo(f"machine: {facts.arch} {facts.cpu_vendor} '{facts.cpu_model}', {facts.cores} cores, "
+               f"isa {isa or '-'}, gpus {gpus}")
+    for m in ranked:
+        status = "match" if m.matched else "no   "
+        click.echo(f"{m.name:<24} {status} score={m.score:<6g} {'; '.join(m.reasons)}")
+    if rows is None:
+        return
+    click.echo(f"\nmeasured: {model} at sparsity {sparsity:g} (ONNX Runtime CPU, batch 1)")
+    for r in rows:
+        if r["status"] != "measured":
+            click.echo(f"{r['profile']:<24} skipped: {r['reason']}")
+            continue
+        star = "*" if r["recommended"] else " "
+        speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
+        click.echo(f"{star}{r['profile']:<23} median {r['median_ms']:.4f} ms  p90 {r['p90_ms']:.4f} ms  "
+                   f"speed-up {speed}  params {r['params']}  MACs {r['macs']}  ({r['reason']})")
+    best = next((r["profile"] for r in rows if r["recommended"]), None)
+    click.echo(f"recommended: {best}" if best else "recommended: none (no profile could be timed here)")
+
+
+COMMANDS: list[click.Command] = [select]

@@ -1,0 +1,114 @@
+"""Deployment bundle: build from a synthetic run dir, verify, detect tampering, int8 path."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+from hwprune.bundle import MANIFEST, PARITY_IN, make_bundle, sha256_file, verify_bundle
+from hwprune.errors import ConfigError, DataError, NumericalMismatchError
+from hwprune.profiles import BenchSpec
+
+SIZE = 8  # synthetic images 3 x 8 x 8
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()
+    rd = tmp_path / "run"
+    rd.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), str(rd / "model.onnx"), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    (rd / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "data": "synthetic", "image_size": SIZE,
+                                                    "seed": 0, "profile": "generic-channel"}))
+    (rd / "metrics.json").write_text(json.dumps({"accuracy": {"dense": 0.5, "sparse": 0.4375}}))
+    (rd / "surgery_plan.json").write_text(json.dumps({"version": 1, "steps": [], "widths": []}))
+    return rd
+
+
+def test_bundle_build_and_verify(run_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(run_dir, tmp_path / "b")
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model.onnx", "surgery_plan.json", "manifest.json", "README.md", "parity_input.npy",
+                     "parity_output.npy"}
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["profile"] == "generic-channel" and m["accuracy"]["sparse"] == 0.4375
+    assert m["inputs"][0]["name"] == "input" and m["inputs"][0]["shape"][1:] == [3, SIZE, SIZE]
+    assert m["preprocessing"]["layout"] == "NCHW" and len(m["preprocessing"]["mean"]) == 3
+    assert m["files"]["model.onnx"] == sha256_file(run_dir / "model.onnx")
+    assert set(m["files"]) == names - {"manifest.json"}
+    assert "ort.InferenceSession" in (out / "README.md").read_text()
+    rep = verify_bundle(out)
+    assert rep.passed and rep.files_checked == 5 and rep.max_abs_diff <= rep.atol
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]  # no temp dirs left
+    with pytest.raises(ConfigError, match="not empty"):
+        make_bundle(run_dir, out)
+    assert make_bundle(run_dir, out, overwrite=True) == out and verify_bundle(out).passed
+
+
+def test_tampering_is_detected_and_named(run_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(run_dir, tmp_path / "b")
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (out / "model.onnx").write_bytes(bytes(data))
+    (out / "surgery_plan.json").unlink()
+    (out / "extra.txt").write_text("x")
+    with pytest.raises(DataError) as exc:
+        verify_bundle(out)
+    msg = str(exc.value)
+    assert "hash mismatch model.onnx" in msg and "missing surgery_plan.json" in msg and "extra extra.txt" in msg
+
+    from hwprune.cli import cli
+
+    res = CliRunner().invoke(cli, ["bundle", "--verify", str(out)])
+    assert res.exit_code == 2 and "hash mismatch model.onnx" in res.output
+
+
+def test_parity_mismatch_is_numerical_error(run_dir: Path, tmp_path: Path) -> None:
+    out = make_bundle(run_dir, tmp_path / "b")
+    x = np.load(out / PARITY_IN) + 1.0  # different input, re-hashed so only parity can catch it
+    np.save(out / PARITY_IN, x)
+    m = json.loads((out / MANIFEST).read_text())
+    m["files"][PARITY_IN] = sha256_file(out / PARITY_IN)
+    (out / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(NumericalMismatchError, match="parity"):
+        verify_bundle(out)
+
+
+def test_missing_model_and_cli_usage(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="model.onnx"):
+        make_bundle(tmp_path, tmp_path / "b")
+    from hwprune.cli import cli
+
+    res = CliRunner().invoke(cli, ["bundle", str(tmp_path)])
+    assert res.exit_code == 2 and "--out" in res.output
+
+
+def test_int8_bundle(run_dir: Path, tmp_path: Path) -> None:
+    spec = BenchSpec(batch_sizes=(1,), warmup=1, iters=3, repeats=1)
+    out = make_bundle(run_dir, tmp_path / "q", int8=True, calib_samples=32, bench_spec=spec)
+    m = json.loads((out / MANIFEST).read_text())
+    q = m["int8"]
+    assert (out / "model.int8.onnx").is_file() and "model.int8.onnx" in m["files"]
+    assert q["calibration"]["samples"] == 32 and q["accuracy"]["test_samples"] == 128
+    assert 0.0 <= q["accuracy"]["onnx_int8"] <= 1.0
+    assert abs(q["accuracy"]["onnx_int8"] - q["accuracy"]["onnx_fp32"]) <= 0.25  # int8 stays close to fp32
+    assert q["latency"]["int8"][0]["batch"] == 1 and q["latency"]["speedup"][0]["speedup"] > 0
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert verify_bundle(out).passed

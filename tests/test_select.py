@@ -1,0 +1,138 @@
+"""Profile selection: ranking and reasons on mocked machines, cpuinfo parsing, measured selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hwprune.errors import ConfigError
+from hwprune.profiles import load_profile
+from hwprune.select import (
+    MachineFacts,
+    best_profile,
+    cuda_family,
+    facts_from_cpuinfo,
+    measure_profiles,
+    rank_profiles,
+)
+
+AVX512_INTEL = MachineFacts("intel", "Xeon Gold 6338", "x86_64",
+                            frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"}), 32)
+AVX2_AMD = MachineFacts("amd", "EPYC", "x86_64", frozenset({"avx", "avx2", "fma"}), 2)
+ARM_NEON = MachineFacts("arm", "Neoverse-N1", "aarch64", frozenset({"fp", "asimd", "neon"}), 16)
+A100_BOX = MachineFacts("amd", "EPYC", "x86_64", frozenset({"avx2", "fma"}), 64, (("NVIDIA A100-SXM4-40GB", "8.0"),))
+H100_BOX = MachineFacts("intel", "Xeon", "x86_64", frozenset({"avx2", "fma", "avx512f"}), 64,
+                        (("NVIDIA H100 80GB HBM3", "9.0"),))
+ORIN_BOX = MachineFacts("arm", "Cortex-A78AE", "aarch64", frozenset({"asimd", "neon"}), 12, (("Orin", "8.7"),))
+RTX4090_BOX = MachineFacts("amd", "Ryzen", "x86_64", frozenset({"avx2", "fma"}), 16, (("RTX 4090", "8.9"),))
+BARE = MachineFacts("unknown", "riscv", "riscv64", frozenset(), 1)
+
+
+def _names(facts: MachineFacts) -> list[str]:
+    return [m.name for m in rank_profiles(facts) if m.matched]
+
+
+def _match(facts: MachineFacts, name: str):
+    return next(m for m in rank_profiles(facts) if m.name == name)
+
+
+def test_avx512_box_prefers_avx512_over_avx2_over_generic() -> None:
+    names = _names(AVX512_INTEL)
+    assert names[:3] == ["x86-avx512-ort", "x86-avx2-ort", "generic-channel"]
+    assert "arm-neon-ort" not in names and not any(n.startswith(("nvidia", "jetson")) for n in names)
+    assert best_profile(AVX512_INTEL).name == "x86-avx512-ort"
+    m = _match(AVX512_INTEL, "x86-avx512-ort")
+    assert m.score > _match(AVX512_INTEL, "x86-avx2-ort").score
+    assert any("avx512f" in r for r in m.reasons)
+
+
+def test_avx2_box_does_not_match_avx512_and_names_missing_flag() -> None:
+    m = _match(AVX2_AMD, "x86-avx512-ort")
+    assert not m.matched and m.score == 0
+    assert any("avx512f missing" in r for r in m.reasons)
+    assert best_profile(AVX2_AMD).name == "x86-avx2-ort"
+
+
+def test_arm_box_picks_neon_and_rejects_x86() -> None:
+    assert best_profile(ARM_NEON).name == "arm-neon-ort"
+    m = _match(ARM_NEON, "x86-avx2-ort")
+    assert not m.matched and any("arch x86_64 required" in r for r in m.reasons)
+
+
+def test_gpu_boxes_pick_matching_generation() -> None:
+    assert best_profile(A100_BOX).name == "nvidia-ampere-trt-fp16"
+    hopper = _match(A100_BOX, "nvidia-hopper-trt-fp16")
+    assert not hopper.matched and any("9.0" in r and "8.0" in r for r in hopper.reasons)
+    assert not _match(A100_BOX, "jetson-orin-trt-fp16").matched  # 8.0 < 8.7
+    assert best_profile(H100_BOX).name == "nvidia-hopper-trt-fp16"
+    assert _match(H100_BOX, "nvidia-ampere-trt-fp16").matched  # older profiles still run on Hopper
+    # GPU profiles outrank CPU profiles on a GPU machine; the CPU ones still match.
+    names = _names(H100_BOX)
+    assert names.index("nvidia-ampere-trt-fp16") < names.index("x86-avx512-ort")
+    assert best_profile(ORIN_BOX).name == "jetson-orin-trt-fp16"
+    assert best_profile(RTX4090_BOX).name == "nvidia-ampere-trt-fp16"  # 8.9 is not the Orin chip
+    orin = _match(RTX4090_BOX, "jetson-orin-trt-fp16")
+    assert orin.matched and any("chip-specific" in r for r in orin.reasons)
+
+
+def test_bare_box_gets_generic_with_ties_by_name() -> None:
+    ranked = [m for m in rank_profiles(BARE) if m.matched]
+    assert [m.name for m in ranked] == ["generic-channel", "cpu-ort-kernel-shape", "generic-unstructured"]
+    assert ranked[1].score == ranked[2].score  # tie broken by name
+    assert best_profile(BARE).name == "generic-channel"
+
+
+def test_no_match_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match="no hardware profile matches"):
+        best_profile(BARE, profiles=["x86-avx2-ort", "nvidia-trt-int8"])
+
+
+def test_ranking_is_deterministic_and_accepts_profile_objects() -> None:
+    profiles = [load_profile("x86-avx2-ort"), load_profile("generic-channel")]
+    a = rank_profiles(AVX512_INTEL, profiles)
+    b = rank_profiles(AVX512_INTEL, list(reversed(profiles)))
+    assert a == b and [m.name for m in a] == ["x86-avx2-ort", "generic-channel"]
+
+
+def test_facts_from_cpuinfo_x86_and_arm() -> None:
+    x86 = "vendor_id\t: GenuineIntel\nmodel\t\t: 106\nmodel name\t: Intel Xeon\nflags\t\t: fpu avx2 fma avx512f\n"
+    f = facts_from_cpuinfo(x86, "x86_64", cores=4)
+    assert (f.cpu_vendor, f.cpu_model, f.arch, f.cores) == ("intel", "Intel Xeon", "x86_64", 4)
+    assert {"avx2", "fma", "avx512f"} <= f.isa
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes\nCPU implementer\t: 0x41\n"
+    g = facts_from_cpuinfo(arm, "arm64")
+    assert g.arch == "aarch64" and g.cpu_vendor == "arm" and {"asimd", "neon"} <= g.isa
+    assert best_profile(g).name == "arm-neon-ort"
+    assert cuda_family("8.6") == "ampere" and cuda_family("9.0") == "hopper" and cuda_family("8.9") == "ada"
+
+
+def test_cli_select_json_lists_every_profile() -> None:
+    from hwprune.cli import cli
+
+    res = CliRunner().invoke(cli, ["select", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert {m["name"] for m in out["ranking"]} >= {"generic-channel", "x86-avx2-ort", "nvidia-trt-int8"}
+    assert out["ranking"][0]["matched"] and out["machine"]["arch"]
+
+
+def test_measure_profiles_tiny_model_recommends_fastest() -> None:
+    rows = measure_profiles("mlp", BARE, sparsity=0.5, input_size=4, in_channels=1,
+                            model_kwargs={"hidden": [64, 32]}, profiles=["generic-channel", "nvidia-trt-int8"],
+                            warmup=1, iters=3, repeats=1)
+    by = {r["profile"]: r for r in rows}
+    assert set(by) == {"dense", "generic-channel"}  # int8 profile does not match a GPU-less box
+    assert by["generic-channel"]["params"] < by["dense"]["params"]
+    assert by["generic-channel"]["macs"] < by["dense"]["macs"]
+    measured = [r for r in rows if r["status"] == "measured"]
+    assert [r["median_ms"] for r in measured] == sorted(r["median_ms"] for r in measured)
+    assert sum(r["recommended"] for r in rows) == 1 and by["generic-channel"]["recommended"]
+
+
+def test_measure_profiles_skips_unavailable_backend() -> None:
+    rows = measure_profiles("mlp", A100_BOX, input_size=4, in_channels=1, model_kwargs={"hidden": [16]},
+                            profiles=["nvidia-trt-int8"], warmup=0, iters=1, repeats=1)
+    assert len(rows) == 1 and rows[0]["status"] == "skipped" and "tensorrt" in rows[0]["reason"]
+    assert not rows[0]["recommended"]
