@@ -1,0 +1,168 @@
+"""Method registry and the SSR / group-lasso / magnitude methods end to end on sklearn digits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwprune.errors import ConfigError
+from hwprune.groups import build_groups
+from hwprune.jobconfig import TrainJobConfig
+from hwprune.methods import MethodConfig, get_method, list_methods
+from hwprune.methods.group_lasso import GroupLassoSGD
+from hwprune.profiles import load_profile
+from hwprune.trainjob import run_train_job
+
+TRAIN_LIMIT, BATCH, EPOCHS = 192, 32, 2
+STEPS = EPOCHS * math.ceil(TRAIN_LIMIT / BATCH)  # sparse-phase SGD steps
+INNER = 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threading only adds overhead on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def _job(tmp_path: Path, method: str, lam: float = 5e-3, **options: object) -> dict:
+    cfg = TrainJobConfig(model="digits_cnn", data="digits", profile="generic-channel", method=method, sparsity=0.5,
+                         epochs=EPOCHS, dense_epochs=1, finetune_epochs=1, train_limit=TRAIN_LIMIT, batch_size=BATCH,
+                         lam=lam, method_options=dict(options))
+    metrics = run_train_job(cfg, tmp_path, progress=False).metrics
+    assert metrics["exact_k"], metrics["scopes"]
+    for s in metrics["scopes"]:
+        assert s["nonzero"] == s["k"] < s["total"], s
+    return metrics
+
+
+def _tiny() -> tuple[nn.Module, object]:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    return m, build_groups(m, load_profile("generic-channel"), torch.randn(2, 4))
+
+
+def test_registry_lists_all_methods() -> None:
+    methods = list_methods()
+    for name in ("wgsef", "ssr-l21", "ssr-l20", "group-lasso", "magnitude"):
+        assert name in methods and len(methods[name]) > 10 and "\n" not in methods[name]
+    assert get_method("magnitude").trains is False and get_method("ssr-l20").trains is True
+    with pytest.raises(ConfigError, match="ssr-l21"):
+        get_method("ssr-l12")
+
+
+@pytest.mark.parametrize("variant", ["ssr-l21", "ssr-l20"])
+def test_ssr_joint_meets_budget(tmp_path: Path, variant: str) -> None:
+    m = _job(tmp_path, variant, inner_steps=INNER)
+    info = m["method_info"]
+    assert info["mode"] == "joint" and info["variant"] == variant[-3:]
+    assert info["admm_iterations"] == math.ceil(STEPS / INNER)
+    assert [h[0] for h in info["history"]] == list(range(0, STEPS, INNER))
+    assert m["groups"]["zeroed_by_projection"] == 0  # finalize already kept exactly k by ||F||
+
+
+def test_ssr_calibrated_lambda_selects_k_rows(tmp_path: Path) -> None:
+    m = _job(tmp_path, "ssr-l21", inner_steps=INNER, calibrate=True)
+    info = m["method_info"]
+    assert info["calibrated"] and len(info["lam_multipliers"]) == len(m["scopes"])
+    assert info["f_zero_rows"] == [s["total"] - s["k"] for s in m["scopes"]]  # lambda alone picks k rows
+    assert info["revived"] == 0 and info["trimmed_by_topk"] == 0
+
+
+def test_ssr_layerwise_meets_budget(tmp_path: Path) -> None:
+    m = _job(tmp_path, "ssr-l20", inner_steps=INNER, ssr_mode="layerwise", lam=0.05)
+    info = m["method_info"]
+    assert info["mode"] == "layerwise"
+    steps = [h[0] for h in info["history"]]
+    S = len(m["scopes"])
+    starts = [round(i * STEPS / S) for i in range(S)]
+    assert set(starts) <= set(steps) and steps == sorted(steps)
+
+
+def test_group_lasso_and_magnitude_meet_budget(tmp_path: Path) -> None:
+    gl = _job(tmp_path / "gl", "group-lasso")
+    total_minus_k = gl["groups"]["total"] - gl["groups"]["k"]
+    assert gl["method_info"]["zeroed_by_prox"] + gl["groups"]["zeroed_by_projection"] == total_minus_k
+    mag = _job(tmp_path / "mag", "magnitude")
+    assert mag["method_info"]["zeroed"] == mag["groups"]["total"] - mag["groups"]["k"]
+    assert mag["groups"]["zeroed_by_projection"] == 0
+
+
+def test_ssr_rejects_bad_options() -> None:
+    model, gs = _tiny()
+    k = gs.k_for_sparsity(0.5)
+    with pytest.raises(ConfigError, match="calibrate"):
+        get_method("ssr-l21").prepare(model, gs, k, MethodConfig(extra={"calibrat": True}), total_steps=4)
+    with pytest.raises(ConfigError, match="layerwise"):
+        get_method("ssr-l20").prepare(model, gs, k, MethodConfig(ssr_mode="global"), total_steps=4)
+    with pytest.raises(ConfigError, match="scopes"):
+        get_method("ssr-l20").prepare(model, gs, k, MethodConfig(extra={"lam_per_scope": {"nope": 2.0}}),
+                                      total_steps=4)
+
+
+def test_group_lasso_step_is_soft_threshold() -> None:
+    model, gs = _tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    norms0 = gs.norms()
+    lr = 0.5
+    lam = float(norms0.median()) / lr  # the threshold lr*lam sits inside the spread of the norms
+    opt = GroupLassoSGD(model, gs, lr=lr, lam=lam, momentum=0.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    expected = torch.clamp(1 - lr * lam / norms0, min=0)
+    assert torch.allclose(gs.norms(), norms0 * expected, atol=1e-6)
+    assert 0 < int((expected == 0).sum()) < gs.num_groups  # some, not all, groups hit exact zero
+    assert torch.equal(model[4].weight, before["4.weight"])  # ungrouped: plain SGD (zero grad, no decay)
+    assert float(opt.penalty()) == pytest.approx(lam * float(gs.norms().sum()))
+
+
+def test_magnitude_keeps_largest_groups() -> None:
+    model, gs = _tiny()
+    norms = gs.norms()
+    k = gs.k_for_sparsity(0.5)
+    info = get_method("magnitude").finalize(model, gs, k, None)
+    kept = gs.nonzero()
+    assert info["zeroed"] == gs.num_groups - int(k.sum())
+    for s in range(gs.num_scopes):
+        idx = torch.nonzero(gs.scope_index == s).flatten()
+        top = set(idx[norms[idx].argsort(descending=True)[: int(k[s])]].tolist())
+        assert set(idx[kept[idx]].tolist()) == top
+
+
+def test_layerwise_driver_masks_each_scope_and_keeps_it_zero() -> None:
+    from hwprune.methods.ssr_method import AULMDriver
+    from hwprune.ssr import AULMConfig, AULMState
+
+    model, gs = _tiny()
+    k = gs.k_for_sparsity(0.5)
+    norms = gs.norms()
+    lam = float(norms[gs.scope_index == 0].median()) ** 2 / 2 * 1.01  # hard threshold: about half of scope 0 dies
+    state = AULMState(model, gs, AULMConfig(variant="l20", lam=lam, inner_steps=2, mode="layerwise"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # lr*rho*inner ~ 1: the W-step nearly solves its subproblem
+    total = 8
+    driver = AULMDriver(state, opt, total, k)
+    driver.start()
+    assert state.active.tolist() == (gs.scope_index == 0).tolist()
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    dead_after_stage0 = None
+    for step in range(total):
+        loss = nn.functional.cross_entropy(model(x), y) + state.penalty(model)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        driver.on_step_end(step, 0)
+        if driver.stage == 1 and dead_after_stage0 is None:
+            dead_after_stage0 = driver.dead.clone()
+            assert state.active.tolist() == (gs.scope_index == 1).tolist()
+    assert dead_after_stage0 is not None and bool(dead_after_stage0.any())
+    assert not bool(dead_after_stage0[gs.scope_index == 1].any())
+    assert int((~dead_after_stage0[gs.scope_index == 0]).sum()) >= int(k[0])
+    assert not bool(gs.nonzero()[dead_after_stage0].any())  # still exactly zero after later SGD steps
+    assert [h[0] for h in driver.history] == [0, 2, 4, 6]
