@@ -47,10 +47,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_two_cpu_processes_end_with_identical_replicas(tmp_path: Path) -> None:
+def test_two_cpu_processes_end_with_identical_replicas_and_exact_k(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(SCRIPT), str(tmp_path), "--epochs", "3"]
+           str(_free_port()), str(SCRIPT), str(tmp_path), "--epochs", "3",
+           "--optimizer", "tests.ddp_factories:prox_sgd"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -65,3 +66,10 @@ def test_two_cpu_processes_end_with_identical_replicas(tmp_path: Path) -> None:
     assert [r["epoch"] for r in records] == [0, 1, 2]  # rank 0 alone writes the log
     assert records[0]["step"] == 4  # 256 samples / 2 ranks / batch 32 = 4 steps per epoch
     assert records[-1]["train_loss"] < records[0]["train_loss"]
+    # ProxSGD ran after the gradient all-reduce on identical replicas: exactly k conv channels survive
+    # on both ranks (channel group = conv row + bias + BN gamma/beta).
+    from tests.ddp_factories import K_CONV
+
+    for state in (rank0, rank1):
+        norms = state["0.weight"].flatten(1).norm(dim=1) + state["0.bias"].abs() + state["1.weight"].abs() + state["1.bias"].abs()
+        assert int((norms > 0).sum()) == K_CONV, norms

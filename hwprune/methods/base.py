@@ -68,6 +68,7 @@ class SparseMethod(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     trains: ClassVar[bool] = True  # False: no sparse training phase (one-shot methods)
+    default_lam: ClassVar[float] = 5e-3  # lambda used when the job does not set one
 
     @abstractmethod
     def prepare(

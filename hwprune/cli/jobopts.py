@@ -1,0 +1,74 @@
+"""Shared click options of ``hwprune train`` and ``hwprune run`` and their merge with ``--config``.
+
+Precedence: CLI option > ``--config FILE`` value > ``TrainJobConfig`` default. The resolved
+configuration is what the run directory's ``config.yaml`` stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["job_options", "build_job_config", "MethodOption"]
+
+
+class MethodOption(click.Option):
+    """``--method`` whose help lists the registered methods (imported only when help is shown)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:  # noqa: D102
+        from hwprune.methods import list_methods
+
+        listing = "; ".join(f"{n}: {s}" for n, s in list_methods().items())
+        self.help = f"sparsification method [default: wgsef]. Registered: {listing}"
+        return super().get_help_record(ctx)
+
+
+_JOB_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option("--model", help="model name from the registry (e.g. digits_cnn, lenet5, vgg, resnet20, "
+                 "mobilenetv2, mlp) or package.module:callable [default: digits_cnn]"),
+    click.option("--data", help="dataset: digits, mnist-5k, mnist, fashion-mnist, cifar10, imagefolder, "
+                 "synthetic [default: digits]"),
+    click.option("--data-dir", type=click.Path(path_type=Path), help="directory of dataset files"),
+    click.option("--image-size", type=int, help="resize inputs to this side length"),
+    click.option("--train-limit", type=int, help="use at most this many training images"),
+    click.option("--profile", help="bundled profile name, a .yaml path, or 'auto' [default: auto]"),
+    click.option("--method", cls=MethodOption, help="sparsification method"),
+    click.option("--epochs", type=int, help="epochs of the sparse phase [default: 10]"),
+    click.option("--dense-epochs", type=int, help="epochs of the dense phase [default: --epochs]"),
+    click.option("--finetune-epochs", type=int, help="epochs of the masked fine-tune [default: ceil(epochs/3)]"),
+    click.option("--lam", type=float, help="regularisation strength lambda [default: the method's own, wgsef 2.0]"),
+    click.option("--lr", type=float, help="learning rate [default: 0.05]"),
+    click.option("--batch-size", type=int, help="batch size [default: 64]"),
+    click.option("--seed", type=int, help="random seed [default: 0]"),
+    click.option("--checkpoint", type=click.Path(path_type=Path),
+                 help="start from this saved dense model (path without suffix, e.g. RUN/dense) instead of training"),
+    click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="training device [default: cpu]"),
+    click.option("--config", "config_file", type=click.Path(path_type=Path),
+                 help="YAML file supplying defaults for any option (CLI options override it)"),
+]
+
+
+def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command with every training-job option."""
+    for opt in reversed(_JOB_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def build_job_config(options: dict[str, Any], **overrides: Any) -> Any:
+    """Merge ``--config`` file values, then non-None CLI values, into a ``TrainJobConfig``."""
+    from hwprune.jobconfig import TrainJobConfig, load_config_file
+
+    source = "command line"
+    merged: dict[str, Any] = {}
+    cfg_file = options.pop("config_file", None)
+    if cfg_file is not None:
+        merged.update(load_config_file(cfg_file))
+        source = f"{cfg_file} + command line"
+    for key, value in {**options, **overrides}.items():
+        if value is not None:
+            merged[key] = str(value) if isinstance(value, Path) else value
+    return TrainJobConfig.from_mapping(merged, source=source)
