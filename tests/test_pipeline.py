@@ -1,0 +1,124 @@
+"""hwprune run / train / prune end to end on tiny digits runs (fast variants; full runs are slow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from hwprune.cli import cli
+from hwprune.jobconfig import TrainJobConfig
+from hwprune.pipeline import PipelineOptions, run, step_export, step_prune
+from hwprune.report import validate_report
+
+FAST = TrainJobConfig(model="digits_cnn", model_kwargs={"width": 0.5}, data="digits", train_limit=400, epochs=1,
+                      dense_epochs=1, finetune_epochs=1, batch_size=64, profile="x86-avx2-ort")
+FAST_BENCH = PipelineOptions(bench_batch_sizes=(1, 8), bench_iters=5, bench_warmup=1, bench_repeats=1, nm_epochs=1)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    run_dir = tmp_path_factory.mktemp("run")
+    return run_dir, run(FAST, run_dir, opts=FAST_BENCH, progress=False)
+
+
+def test_run_writes_a_valid_report_with_plots(fast_run: tuple[Path, dict]) -> None:
+    run_dir, report = fast_run
+    validate_report(report)
+    on_disk = json.loads((run_dir / "report.json").read_text())
+    assert on_disk["accuracy"] == report["accuracy"]
+    assert all(s["nonzero"] == s["k"] for s in report["scopes"])
+    assert report["params"]["pruned"] < report["params"]["dense"]
+    assert report["macs"]["pruned"] < report["macs"]["dense"]
+    assert {s["batch"] for s in report["latency"]["pruned"]} == {1, 8}
+    md = (run_dir / "report.md").read_text()
+    assert f"{report['params']['pruned']}" in md and "x86-avx2-ort" in md
+    for name in ("training.png", "widths.png", "pareto.png"):
+        assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC
+    for artifact in ("config.yaml", "profile.yaml", "train_log.jsonl", "dense.json", "sparse.safetensors",
+                     "pruned.json", "surgery_plan.json", "model.onnx", "dense.onnx", "export_report.json",
+                     "bench.json", "metrics.json"):
+        assert (run_dir / artifact).is_file(), artifact
+    widths = {w["module"]: w for w in report["widths"]}
+    assert all(w["aligned"] for w in widths.values() if w["block"] > 1)
+
+
+def test_steps_rerun_alone_from_artifacts(fast_run: tuple[Path, dict]) -> None:
+    run_dir, report = fast_run
+    summary = step_prune(run_dir)
+    assert summary["params"]["pruned"] == report["params"]["pruned"]
+    assert summary["accuracy"]["pruned"] == pytest.approx(summary["accuracy"]["sparse"], abs=1e-9)
+    exp = step_export(run_dir)
+    assert exp["model"]["passed"] and exp["dense"]["passed"]
+
+
+def test_cli_prune_and_export_on_run_dir(fast_run: tuple[Path, dict]) -> None:
+    run_dir, _ = fast_run
+    r = CliRunner().invoke(cli, ["prune", str(run_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["max_abs_diff"] < 1e-4
+
+
+def test_run_with_an_nm_profile_masks_and_checks_the_pattern(tmp_path: Path) -> None:
+    cfg = FAST.replace(profile="nvidia-ampere-trt-fp16")
+    report = run(cfg, tmp_path, opts=FAST_BENCH, progress=False)
+    nm = json.loads((tmp_path / "nm_summary.json").read_text())
+    assert nm["pattern"] == "2:4" and nm["max_nonzero_per_block"] <= 2 and nm["layers"]
+    exp = json.loads((tmp_path / "export_report.json").read_text())
+    assert exp["stage"] == "nm" and exp["nm_pattern"]["ok"] and exp["nm_pattern"]["tensors"]
+    assert "tensorrt" in report["notes"].lower()  # timed on ORT CPU instead, and said so
+
+
+def test_train_cli_ends_with_exact_k(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    r = CliRunner().invoke(cli, ["train", "--model", "lenet5", "--data", "digits", "--sparsity", "0.5",
+                                 "--epochs", "1", "--dense-epochs", "1", "--train-limit", "300",
+                                 "--profile", "generic-channel", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.output)
+    assert metrics["scopes"] and all(s["nonzero"] == s["k"] for s in metrics["scopes"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "lenet5"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["run", "--sparsity", "1.5"], "--sparsity"),
+        (["run", "--method", "nope", "--out", "{tmp}"], "valid methods"),
+        (["train", "--model", "nope", "--out", "{tmp}"], "nope"),
+        (["train", "--epochs", "0", "--out", "{tmp}"], "epochs"),
+        (["run", "--config", "{tmp}/missing.yaml"], "not found"),
+        (["prune", "{tmp}"], "profile.yaml"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    r = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output
+
+
+def test_config_file_supplies_defaults_and_cli_overrides(tmp_path: Path) -> None:
+    from hwprune.cli.jobopts import build_job_config
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("model: lenet5\nepochs: 7\nlr: 0.2\n")
+    cfg = build_job_config({"config_file": cfg_file, "epochs": 3, "model": None})
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("lenet5", 3, 0.2)
+    cfg_file.write_text("modle: lenet5\n")
+    with pytest.raises(Exception, match="did you mean 'model'"):
+        build_job_config({"config_file": cfg_file})
+
+
+@pytest.mark.slow
+def test_sweep_draws_the_pareto_chart(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["run", "--sparsity", "0.3,0.6", "--epochs", "1", "--dense-epochs", "1",
+                                 "--train-limit", "300", "--profile", "x86-avx2-ort", "--bench-iters", "5",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert [p["kind"] for p in sweep["points"]] == ["dense", "pruned", "pruned"]
+    assert (tmp_path / "plots" / "pareto.png").read_bytes()[:8] == PNG_MAGIC
