@@ -160,7 +160,7 @@ def step_export(run_dir: Path) -> dict[str, Any]:
     return report
 
 
-def _bench_spec(profile: HardwareProfile, opts: PipelineOptions) -> tuple[BenchSpec, str | None]:
+def bench_spec_for(profile: HardwareProfile, opts: PipelineOptions) -> tuple[BenchSpec, str | None]:
     import dataclasses
 
     from hwprune._optional import import_optional
@@ -197,7 +197,7 @@ def step_bench(run_dir: Path, opts: PipelineOptions = PipelineOptions()) -> dict
     from hwprune.envinfo import collect_env
 
     run_dir = Path(run_dir)
-    spec, note = _bench_spec(run_profile(run_dir), opts)
+    spec, note = bench_spec_for(run_profile(run_dir), opts)
     for name in ("dense.onnx", "model.onnx"):
         if not (run_dir / name).is_file():
             raise DataError(f"{run_dir / name}: missing (run 'hwprune export {run_dir}' first)")

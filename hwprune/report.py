@@ -182,6 +182,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     md += ["## Versions", ""] + _table(["package", "version"], [[k, _f(v)] for k, v in r["versions"].items()])
     if r.get("plots"):
         md += ["## Plots", ""] + [f"![{name}]({rel})" for name, rel in r["plots"].items()] + [""]
+    if r.get("latency_budget"):
+        lb = r["latency_budget"]
+        md += ["## Latency budget (batch 1)", ""] + _table(
+            ["iteration", "target ms", "predicted ms", "measured ms", "groups kept"],
+            [[i, _f(it["target_ms"]), _f(it["predicted_ms"]), _f(it["measured_ms"]), sum(it["k"])]
+             for i, it in enumerate(lb.get("iterations", []))])
+        md += [f"Budget {_f(lb['budget_ms'])} ms (dense {_f(lb['dense_ms'])} ms): final predicted "
+               f"{_f(lb['predicted_ms'])} ms, measured {_f(lb['measured_ms'])} ms, miss {lb['miss']:+.1%}, "
+               f"met: {lb['met']}.", ""]
     if r.get("notes"):
         md += ["## Notes", "", str(r["notes"]), ""]
     return "\n".join(md)

@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
 }
 # Private halves of one unit (split only for the size cap) count as that unit.
 UNITS = {"_profile_parse": "profiles"}
-LAZY_OK = {("trainjob", "select"), ("modelio", "surgery"), ("pipeline", "latency_budget")}
+LAZY_OK = {("trainjob", "select"), ("modelio", "surgery")}
 
 
 def _module_key(path: Path) -> str:

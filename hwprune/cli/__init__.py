@@ -18,7 +18,7 @@ from hwprune.errors import HwpruneError
 __all__ = ["main", "cli"]
 
 # One line per command module; each module defines COMMANDS.
-_COMMAND_MODULES: tuple[str, ...] = ("profile", "bench", "export", "pipeline", "select", "groups", "bundle")
+_COMMAND_MODULES: tuple[str, ...] = ("profile", "bench", "export", "pipeline", "select", "groups", "bundle", "latency")
 
 
 class _Group(click.Group):

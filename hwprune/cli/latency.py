@@ -1,0 +1,102 @@
+"""``hwprune latency-table``: time every conv/linear of a model alone at several widths (cached)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["COMMANDS", "latency_table_cmd", "plot_table"]
+
+
+def _parse_widths(text: str | None) -> list[int] | None:
+    from hwprune.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        widths = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--widths: expected comma-separated integers such as 8,16,32, got '{text}'") from None
+    if not widths or min(widths) < 1:
+        raise ConfigError(f"--widths: every width must be an integer >= 1, got '{text}'")
+    return widths
+
+
+def plot_table(table: Any, path: Path) -> Path:
+    """PNG of latency (ms) vs output width, one line per layer with more than one measured width."""
+    import os
+    import tempfile
+
+    from hwprune._optional import import_optional
+
+    mpl = import_optional("matplotlib", extra="plots")
+    mpl.use("Agg", force=True)
+    plt = import_optional("matplotlib.pyplot", extra="plots")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in table.layers.items():
+        if len(curve.widths) > 1:
+            ax.plot(curve.widths, curve.ms, marker="o", ms=3, lw=1, label=name)
+    ax.set_xlabel("output channels")
+    ax.set_ylabel("latency (ms, batch %s)" % table.meta.get("batch", 1))
+    ax.set_title(f"per-layer latency ({table.meta.get('backend')}/{table.meta.get('provider')})")
+    if len(ax.get_lines()) <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+@click.command("latency-table")
+@click.option("--profile", "profile", required=True, help="hardware profile name or YAML path")
+@click.option("--model", "model", required=True, help="registered model name (hwprune.models)")
+@click.option("--input-size", type=click.IntRange(min=1), default=32, show_default=True, help="input height/width")
+@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--widths", "widths_text", help="widths for every prunable layer, e.g. 8,16,32 [default: grid]")
+@click.option("--points", type=click.IntRange(min=2), default=8, show_default=True, help="grid size per layer")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="timed runs per round")
+@click.option("--cache", "cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="cache file [default: $HWPRUNE_LATENCY_CACHE or ~/.cache/hwprune/latency_cache.json]")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("latency_table"),
+              show_default=True, help="directory for latency_table.{json,csv,png}")
+def latency_table_cmd(profile: str, model: str, input_size: int, in_channels: int, num_classes: int,
+                      widths_text: str | None, points: int, batch: int, iters: int, cache: Path | None,
+                      out: Path) -> None:
+    """Time each conv/linear of MODEL alone on PROFILE's backend at several output widths."""
+    import torch
+
+    from hwprune.latency import build_latency_table, default_cache_path, table_bench_spec
+    from hwprune.models import create_model
+    from hwprune.trainjob import resolve_profile
+
+    prof = resolve_profile(profile)
+    net = create_model(model, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    bench = dataclasses.replace(table_bench_spec(prof.bench, batch), iters=iters)
+    table = build_latency_table(net, prof, torch.zeros(1, in_channels, input_size, input_size), bench=bench,
+                                batch=batch, widths=_parse_widths(widths_text), max_points=points,
+                                cache_path=cache or default_cache_path())
+    click.echo(f"{'layer':<36} {'kind':<6} {'in':>5} {'full':>5}  widths -> ms")
+    for name, c in table.layers.items():
+        pts = " ".join(f"{w}:{ms:.4f}" for w, ms in zip(c.widths, c.ms, strict=True))
+        click.echo(f"{name:<36} {c.spec.kind:<6} {c.spec.in_channels:>5} {c.spec.out_channels:>5}  {pts}")
+    jp, cp = table.save(out)
+    png = plot_table(table, out / "latency_table.png")
+    click.echo(f"sum at full width {table.total():.4f} ms; cache hits {table.meta['cache_hits']}, "
+               f"misses {table.meta['cache_misses']}")
+    click.echo(f"written: {jp}, {cp}, {png}")
+
+
+COMMANDS = [latency_table_cmd]
