@@ -39,8 +39,14 @@ def train_cmd(out: Path, resume: bool, as_json: bool, **options: Any) -> None:
     """Dense training, the method's sparse phase to exactly k groups per scope, masked fine-tune."""
     from hwprune.pipeline import step_train
 
+    from hwprune.distributed import is_main_process, shutdown_distributed
+
     cfg = build_job_config(options)
     metrics = step_train(cfg, out, resume=resume)
+    main_rank = is_main_process()
+    shutdown_distributed()  # no-op outside torchrun
+    if not main_rank:
+        return
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
