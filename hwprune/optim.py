@@ -89,6 +89,11 @@ class ProxSGD(torch.optim.Optimizer):
         halfspace: run the half-space test at all (False for mask-fixed fine-tuning).
         freeze: keep zero groups at zero in the half-space phase.
         test_iterate: "prox" tests theta~ (default), "sgd" tests v (METHOD.md section 6.2).
+        release_at_k: in the half-space phase with freezing, a scope whose alive groups are down to k
+            gets no more prox (lambda -> 0 for it). At a k-sparse point the WGSEF is a pure ridge
+            ``0.5 * sum d ||x_G||^2`` (METHOD.md section 6.5), so once the selection is final the prox
+            would only shrink the survivors; this is METHOD's "lambda large during selection, small
+            after", applied per scope (an hwprune decision, measured in the closing note).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class ProxSGD(torch.optim.Optimizer):
         halfspace: bool = True,
         freeze: bool = True,
         test_iterate: Literal["prox", "sgd"] = "prox",
+        release_at_k: bool = True,
     ) -> None:
         if lr < 0 or lam < 0:
             raise ValueError(f"lr and lam must be >= 0, got lr={lr}, lam={lam}")
@@ -145,6 +151,7 @@ class ProxSGD(torch.optim.Optimizer):
         self.halfspace = bool(halfspace)
         self.freeze = bool(freeze)
         self.test_iterate = test_iterate
+        self.release_at_k = bool(release_at_k)
         self.step_count = 0
         self.frozen = torch.zeros(groupset.num_groups, dtype=torch.bool)
 
@@ -249,6 +256,8 @@ class ProxSGD(torch.optim.Optimizer):
                 newly = self._cap_to_budget(newly, (s > 0) & ~self.frozen, inner / sq_prev.clamp_min(1e-300))
                 if self.freeze:
                     self.frozen |= newly | (sq_prev == 0)
+                    if self.release_at_k:
+                        s = torch.where(self._released(), torch.ones_like(s), s)
                     s = torch.where(self.frozen, torch.zeros_like(s), s)
                 else:
                     s = torch.where(newly, torch.zeros_like(s), s)
@@ -258,6 +267,14 @@ class ProxSGD(torch.optim.Optimizer):
             self._clear_frozen_momentum()
         self.step_count += 1
         return loss
+
+    def _released(self) -> torch.Tensor:
+        """(G,) bool: groups of scopes whose unfrozen groups number at most k (selection finished)."""
+        gs = self.groupset
+        alive = gs.to_padded((~self.frozen).to(torch.float64)).sum(dim=1)
+        done = (alive <= self.k.to(torch.float64)).to(torch.float64)
+        return gs.from_padded(done.unsqueeze(1).expand(-1, gs.to_padded(self.frozen.to(torch.float64)).shape[1])
+                              .contiguous()) > 0.5
 
     def _cap_to_budget(self, newly: torch.Tensor, alive: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         """Limit half-space zeroing so no scope drops below ``k`` alive groups.

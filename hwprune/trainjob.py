@@ -64,9 +64,12 @@ def resolve_profile(name: str) -> HardwareProfile:
     return load_profile(name)
 
 
-def _train_cfg(cfg: TrainJobConfig, epochs: int, lr: float, progress: bool | None) -> TrainConfig:
+def _train_cfg(cfg: TrainJobConfig, epochs: int, lr: float, progress: bool | None,
+               schedule: str = "cosine") -> TrainConfig:
+    """TrainConfig of one phase (cosine lr by default; a constant-lr sparse phase was measured and not
+    adopted: on digits it oscillated without reaching k sooner)."""
     return TrainConfig(epochs=max(1, epochs), batch_size=cfg.batch_size, lr=lr, momentum=cfg.momentum,
-                       weight_decay=cfg.weight_decay, seed=cfg.seed, lr_schedule="cosine", device=cfg.device,
+                       weight_decay=cfg.weight_decay, seed=cfg.seed, lr_schedule=schedule, device=cfg.device,
                        progress=progress)
 
 

@@ -181,3 +181,22 @@ def test_constructor_validation() -> None:
         ProxSGD(model, gs, [1], lr=0.1, eps=1.0)
     with pytest.raises(ValueError, match="lam"):
         ProxSGD(model, gs, [1], lr=0.1, lam=-1.0)
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_release_at_k_stops_the_ridge_on_survivors(release: bool) -> None:
+    torch.manual_seed(0)
+    model = _Net(hidden=8)
+    x, _ = _data()
+    gs = build_groups(model, _profile(), x[:1])
+    opt = ProxSGD(model, gs, torch.tensor([3]), lr=0.1, lam=1.0, momentum=0.0, hs_start=0, release_at_k=release)
+    opt.freeze_(range(5))  # the selection is final: 3 groups alive = k
+    before = gs.norms().clone()
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    after = gs.norms()
+    alive = ~opt.frozen
+    expected = before[alive] if release else before[alive] / (1 + 0.1 * 1.0 * gs.weights[alive])
+    torch.testing.assert_close(after[alive], expected, atol=1e-6, rtol=1e-6)
+    assert bool((after[~alive] == 0).all())

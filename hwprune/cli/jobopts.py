@@ -39,7 +39,7 @@ _JOB_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--epochs", type=int, help="epochs of the sparse phase [default: 10]"),
     click.option("--dense-epochs", type=int, help="epochs of the dense phase [default: --epochs]"),
     click.option("--finetune-epochs", type=int, help="epochs of the masked fine-tune [default: ceil(epochs/3)]"),
-    click.option("--lam", type=float, help="regularisation strength lambda [default: the method's own, wgsef 2.0]"),
+    click.option("--lam", type=float, help="regularisation strength lambda [default: the method's own, wgsef 0.5]"),
     click.option("--lr", type=float, help="learning rate [default: 0.05]"),
     click.option("--batch-size", type=int, help="batch size [default: 64]"),
     click.option("--seed", type=int, help="random seed [default: 0]"),
