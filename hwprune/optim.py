@@ -27,7 +27,7 @@ from torch import nn
 from hwprune import wgsef
 from hwprune.groups import GroupSet
 
-__all__ = ["ProxSGD", "project_to_k_", "k_per_scope", "scope_report"]
+__all__ = ["ProxSGD", "project_to_k_", "k_per_scope", "scope_report", "layer_ids"]
 
 
 def k_per_scope(groupset: GroupSet, sparsity: float) -> torch.Tensor:
@@ -48,15 +48,43 @@ def _topk_keep(groupset: GroupSet, k: torch.Tensor, score: torch.Tensor) -> torc
     return groupset.from_padded(keep_padded.to(torch.float64)) > 0.5
 
 
+def layer_ids(groupset: GroupSet) -> torch.Tensor | None:
+    """(G,) long id of each group's root layer, or None when no scope spans more than one layer."""
+    if groupset.phase != "structured" or groupset.num_groups == 0:
+        return None
+    names = [g.root_module for g in groupset.groups]
+    lookup: dict[str, int] = {}
+    ids = torch.tensor([lookup.setdefault(n, len(lookup)) for n in names], dtype=torch.long)
+    pairs = torch.unique(torch.stack([groupset.scope_index.to(torch.long), ids]), dim=1)
+    return ids if pairs.shape[1] > groupset.num_scopes else None
+
+
+def _best_per_layer(layers: torch.Tensor, score: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+    """(G,) bool: the single highest-``score`` eligible group of every layer (ties: lowest index)."""
+    masked = torch.where(eligible, score, torch.full_like(score, -torch.inf))
+    n = int(layers.max()) + 1
+    best = torch.full((n,), -torch.inf, dtype=score.dtype).scatter_reduce(0, layers, masked, reduce="amax")
+    is_best = eligible & (masked == best[layers])
+    first = torch.full((n,), layers.numel(), dtype=torch.long).scatter_reduce(
+        0, layers, torch.where(is_best, torch.arange(layers.numel()), layers.numel()), reduce="amin")
+    return is_best & (torch.arange(layers.numel()) == first[layers])
+
+
 @torch.no_grad()
 def project_to_k_(groupset: GroupSet, k: torch.Tensor) -> torch.Tensor:
     """Zero all but the top-``k`` groups per scope by ``||x_G|| / sqrt(d_G)`` (the lam -> inf selection).
 
-    Zero groups never count as kept. Returns the (G,) bool mask of groups zeroed by this call.
+    Zero groups never count as kept. In a scope spanning several layers (global scope) every layer first
+    keeps its best nonzero group, so no layer is emptied (METHOD.md section 6.3's hazard of the global
+    scope). Returns the (G,) bool mask of groups zeroed by this call.
     """
     norms = groupset.norms()
     score = norms / groupset.weights.sqrt()
     score = torch.where(norms > 0, score, torch.full_like(score, -1.0))
+    layers = layer_ids(groupset)
+    if layers is not None:  # a scope spanning several layers keeps each layer's best group first
+        floor = _best_per_layer(layers, score, norms > 0)
+        score = torch.where(floor, score + 2.0 * (float(score.abs().max()) + 1.0), score)
     keep = _topk_keep(groupset, k, score) & (norms > 0)
     drop = (~keep) & (norms > 0)
     if bool(drop.any()):
@@ -154,6 +182,7 @@ class ProxSGD(torch.optim.Optimizer):
         self.release_at_k = bool(release_at_k)
         self.step_count = 0
         self.frozen = torch.zeros(groupset.num_groups, dtype=torch.bool)
+        self._layers = layer_ids(groupset)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
@@ -293,7 +322,14 @@ class ProxSGD(torch.optim.Optimizer):
         ranks = torch.empty_like(order)
         ranks.scatter_(1, order, torch.arange(padded.shape[1]).expand_as(order).contiguous())
         within = (ranks.to(torch.float64) < allowed.unsqueeze(1)).to(torch.float64)
-        return newly & (gs.from_padded(within) > 0.5)
+        capped = newly & (gs.from_padded(within) > 0.5)
+        if self._layers is not None:  # never zero the last alive group of a layer in a multi-layer scope
+            survivors = alive & ~capped
+            n = int(self._layers.max()) + 1
+            left = torch.zeros(n, dtype=torch.long).index_add_(0, self._layers, survivors.to(torch.long))
+            spare = _best_per_layer(self._layers, ratio, capped) & (left[self._layers] == 0)
+            capped = capped & ~spare
+        return capped
 
     def penalty(self) -> torch.Tensor:
         """Current ``lam * sum_scopes WGSEF_{k,d}`` (float64 scalar), for logging."""

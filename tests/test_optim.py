@@ -200,3 +200,35 @@ def test_release_at_k_stops_the_ridge_on_survivors(release: bool) -> None:
     expected = before[alive] if release else before[alive] / (1 + 0.1 * 1.0 * gs.weights[alive])
     torch.testing.assert_close(after[alive], expected, atol=1e-6, rtol=1e-6)
     assert bool((after[~alive] == 0).all())
+
+
+def _two_layer_global():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(4, 6)
+    gs = build_groups(model, _profile(scope="global"), x[:1])
+    return model, x, gs
+
+
+def test_global_scope_projection_never_empties_a_layer() -> None:
+    model, _, gs = _two_layer_global()
+    assert gs.num_scopes == 1 and gs.num_groups == 16
+    with torch.no_grad():  # the first layer's groups are all tiny: plain top-k would drop the whole layer
+        model[0].weight.mul_(1e-3)
+        model[0].bias.mul_(1e-3)
+    project_to_k_(gs, torch.tensor([4]))
+    alive = gs.nonzero()
+    first = torch.tensor([g.root_module == "0" for g in gs.groups])
+    assert int(alive.sum()) == 4
+    assert int((alive & first).sum()) == 1 and int((alive & ~first).sum()) == 3
+
+
+def test_global_scope_halfspace_keeps_one_group_per_layer() -> None:
+    torch.manual_seed(3)
+    model, x, gs = _two_layer_global()
+    opt = ProxSGD(model, gs, torch.tensor([2]), lr=0.05, lam=3.0, eps=0.95, hs_start=0)
+    y = torch.randn(4, 2)
+    first = torch.tensor([g.root_module == "0" for g in gs.groups])
+    for _ in range(40):
+        _step(model, opt, x, y)
+        alive = gs.nonzero()
+        assert int((alive & first).sum()) >= 1 and int((alive & ~first).sum()) >= 1
