@@ -79,7 +79,7 @@ def test_imports_point_down_the_layers() -> None:
 
 
 def test_no_module_imports_the_cli() -> None:
-    offenders = [s for s, t in _graph().items() if "cli" in t and s != "cli"]
+    offenders = [s for s, t in _graph().items() if "cli" in t and s not in ("cli", "__main__")]
     assert not offenders
 
 
