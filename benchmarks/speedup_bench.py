@@ -191,7 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated registry names")
     ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="target fractions of groups removed")
     ap.add_argument("--align-profiles", default=",".join(ALIGN_PROFILES),
-                    help=f"profiles compared at {ALIGN_FRACTION:.0%} removed ('' to skip)")
+                    help=f"profiles compared at {round(ALIGN_FRACTION * 100)} percent removed (empty to skip)")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--iters", type=int, default=30, help="timed runs per round")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (fresh ORT session each)")
