@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check hwprune tests benchmarks
 	$(PY) -m pytest
 
 test-all: $(STAMP)

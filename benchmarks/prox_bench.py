@@ -120,7 +120,6 @@ def run(max_n: int, repeats: int, scope_groups: int) -> list[dict]:
             })
             print(f"{kind:8s} s={s:5d} {scope:18s} n={numel:>10d}  base {t_base:9.3f} ms  prox_ {t_in:9.3f} ms"
                   f"  prox {t_alloc:9.3f} ms  ratio {t_in / t_base:6.2f}", flush=True)
-        del master, x
     return rows
 
 

@@ -272,26 +272,19 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
     ``RUN_DIR/latency_table.{json,csv}`` and ``RUN_DIR/latency_budget.json``; returns the latter.
     """
     from hwprune.bench import measure
-    from hwprune.data import load_dataset
     from hwprune.export import to_onnx
     from hwprune.groups import build_groups
     from hwprune.latency import build_latency_table, default_cache_path, table_bench_spec
     from hwprune.modelio import atomic_write_json
-    from hwprune.models import create_model
     from hwprune.pipeline import PipelineOptions, bench_spec_for, run
-    from hwprune.trainjob import resolve_profile
+    from hwprune.trainjob import data_and_model, resolve_profile
 
     opts = opts or PipelineOptions()
     run_fn = run_fn or run
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     profile = resolve_profile(cfg.profile)
-    bundle = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-                          image_size=cfg.image_size, train_limit=cfg.train_limit, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                         input_size=bundle.image_size, **cfg.model_kwargs)
-    example = bundle.train[0][0].unsqueeze(0)
+    _, model, example = data_and_model(cfg)
     spec, note = bench_spec_for(profile, opts)
     table = build_latency_table(model, profile, example, bench=table_bench_spec(spec, 1), max_points=max_points,
                                 cache_path=cache_path or default_cache_path(), time_fn=time_fn)

@@ -34,7 +34,7 @@ from hwprune.optim import ProxSGD, project_to_k_, scope_report
 from hwprune.profiles import HardwareProfile, load_profile, profile_to_dict
 from hwprune.train import TrainConfig, evaluate, fit
 
-__all__ = ["run_train_job", "resolve_profile", "TrainJobResult"]
+__all__ = ["run_train_job", "resolve_profile", "data_and_model", "TrainJobResult"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,16 @@ class TrainJobResult:
 def _is_main() -> bool:
     """Rank 0 (or a single process): only it writes run-directory files under torchrun."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def data_and_model(cfg: TrainJobConfig) -> tuple[Any, nn.Module, torch.Tensor]:
+    """The job's dataset bundle, a freshly seeded model for it, and one example input (1, C, H, W)."""
+    bundle = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+                          image_size=cfg.image_size, train_limit=cfg.train_limit, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                         input_size=bundle.image_size, **cfg.model_kwargs)
+    return bundle, model, bundle.train[0][0].unsqueeze(0)
 
 
 def resolve_profile(name: str) -> HardwareProfile:
@@ -121,12 +131,7 @@ def run_train_job(
     if not resume:
         (run_dir / "train_log.jsonl").unlink(missing_ok=True)
     seconds: dict[str, float] = {}
-    bundle = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-                          image_size=cfg.image_size, train_limit=cfg.train_limit, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                         input_size=bundle.image_size, **cfg.model_kwargs)
-    example = bundle.train[0][0].unsqueeze(0)
+    bundle, model, example = data_and_model(cfg)
     model, seconds["dense"] = _dense_phase(cfg, model, bundle, run_dir, resume, progress)
     dense_eval = evaluate(model, bundle.test, batch_size=256)
 
