@@ -52,7 +52,7 @@ def _step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
     loss = nn.functional.mse_loss(model(x), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def test_lam_zero_matches_torch_sgd() -> None:
