@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--vgg-train-limit", type=int, default=None, help="vgg only (default: --train-limit)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--lam", type=float, default=None, help="WGSEF lambda (default: the method's 2.0)")
+    ap.add_argument("--lam", type=float, default=None, help="WGSEF lambda (default: the method's default_lam)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/hwprune-bench/sparsity_sweep"),
