@@ -27,10 +27,10 @@ import numpy as np
 
 from hwprune._optional import import_optional
 from hwprune.errors import ConfigError, DataError, NumericalMismatchError
+from hwprune.jobconfig import TrainJobConfig, load_run_config
 from hwprune.modelio import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
-    from hwprune.data import DatasetBundle
     from hwprune.profiles import BenchSpec
 
 __all__ = ["BUNDLE_FORMAT", "PARITY_ATOL", "PARITY_RTOL", "PARITY_BATCH", "MANIFEST", "VerifyReport",
@@ -88,25 +88,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise DataError(f"{path}: not valid JSON ({exc.msg})") from None
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
+def _job_data(cfg: TrainJobConfig) -> Any:
+    from hwprune.trainjob import load_job_data  # lazy: torch and the data loaders are heavy
 
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise DataError(f"{path}: missing (a run directory written by 'hwprune train' or 'hwprune run')")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping")
-    return data
-
-
-def _dataset(cfg: dict[str, Any]) -> DatasetBundle:
-    from hwprune.data import load_dataset
-
-    if "data" not in cfg:
-        raise DataError("config.yaml has no 'data' key; cannot re-load the run's dataset")
-    return load_dataset(cfg["data"], data_dir=cfg.get("data_dir"), image_size=cfg.get("image_size"),
-                        train_limit=cfg.get("train_limit"), seed=int(cfg.get("seed", 0)))
+    return load_job_data(cfg)
 
 
 def _session(path: Path) -> Any:
@@ -160,11 +145,11 @@ def _bench_spec(run_dir: Path) -> BenchSpec:
     return BenchSpec()
 
 
-def _int8(tmp: Path, run_dir: Path, cfg: dict[str, Any], calib_samples: int,
+def _int8(tmp: Path, run_dir: Path, cfg: TrainJobConfig, calib_samples: int,
           bench_spec: BenchSpec | None) -> dict[str, Any]:
     from hwprune.bench import compare
 
-    data = _dataset(cfg)
+    data = _job_data(cfg)
     x_train = data.train.tensors[0][:calib_samples].numpy().astype(np.float32)
     x_test, y_test = data.test.tensors[0].numpy().astype(np.float32), data.test.tensors[1].numpy()
     fp32 = _session(tmp / MODEL)
@@ -226,7 +211,7 @@ def make_bundle(run_dir: Path, out_dir: Path, *, int8: bool = False, calib_sampl
         raise ConfigError(f"calib_samples must be >= 1, got {calib_samples}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ConfigError(f"{out_dir}: already exists and is not empty; choose another --out or pass --force")
-    cfg = _read_config(run_dir)
+    cfg = load_run_config(run_dir)
     metrics = _read_json(run_dir / "metrics.json") or {}
     report = _read_json(run_dir / "report.json") or {}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -240,15 +225,14 @@ def make_bundle(run_dir: Path, out_dir: Path, *, int8: bool = False, calib_sampl
         x = _parity_input(sess)
         np.save(tmp / PARITY_IN, x, allow_pickle=False)
         np.save(tmp / PARITY_OUT, sess.run(None, {sess.get_inputs()[0].name: x})[0], allow_pickle=False)
-        pre = report.get("preprocessing") or _dataset(cfg).preprocessing
+        pre = report.get("preprocessing") or _job_data(cfg).preprocessing
         bench = _read_json(run_dir / "bench.json")
         import hwprune
 
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT, "hwprune_version": hwprune.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "profile": cfg.get("profile") or metrics.get("profile"), "model": cfg.get("model") or metrics.get("model"),
-            "data": cfg.get("data"), "surgery_plan": PLAN if has_plan else None,
+            "profile": cfg.profile, "model": cfg.model, "data": cfg.data, "surgery_plan": PLAN if has_plan else None,
             "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.type} for i in sess.get_inputs()],
             "outputs": [{"name": o.name, "shape": o.shape, "dtype": o.type} for o in sess.get_outputs()],
             "preprocessing": pre, "accuracy": report.get("accuracy") or metrics.get("accuracy"),

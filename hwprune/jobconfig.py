@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwprune.errors import ConfigError
+from hwprune.errors import ConfigError, DataError
 
-__all__ = ["TrainJobConfig", "load_config_file"]
+__all__ = ["TrainJobConfig", "load_config_file", "load_run_config"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +148,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def load_run_config(run_dir: Path) -> TrainJobConfig:
+    """The resolved configuration a run directory was trained with (``RUN_DIR/config.yaml``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{path}: missing (a run directory written by 'hwprune train' or 'hwprune run')")
+    return TrainJobConfig.from_mapping(load_config_file(path), source=str(path))

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from hwprune.errors import ConfigError, DataError, MissingBackendError
-from hwprune.jobconfig import TrainJobConfig
+from hwprune.jobconfig import TrainJobConfig, load_run_config
 from hwprune.modelio import atomic_write_json, load_model, load_run_model, save_model
 from hwprune.profiles import BenchSpec, HardwareProfile, load_profile
 
@@ -65,14 +65,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _test_batch(run_dir: Path, n: int = 64) -> tuple[Any, torch.Tensor]:
-    import yaml
+    from hwprune.trainjob import load_job_data
 
-    from hwprune.data import load_dataset
-
-    cfg = TrainJobConfig.from_mapping({k: v for k, v in yaml.safe_load((run_dir / "config.yaml").read_text()).items()
-                                       if k != "profile"})
-    bundle = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-                          image_size=cfg.image_size, train_limit=cfg.train_limit, seed=cfg.seed)
+    bundle = load_job_data(load_run_config(run_dir))
     x = torch.stack([bundle.test[i][0] for i in range(min(n, len(bundle.test)))])
     return bundle, x
 

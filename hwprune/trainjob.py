@@ -34,7 +34,7 @@ from hwprune.optim import ProxSGD, project_to_k_, scope_report
 from hwprune.profiles import HardwareProfile, load_profile, profile_to_dict
 from hwprune.train import TrainConfig, evaluate, fit
 
-__all__ = ["run_train_job", "resolve_profile", "data_and_model", "TrainJobResult"]
+__all__ = ["run_train_job", "resolve_profile", "data_and_model", "load_job_data", "TrainJobResult"]
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,15 @@ def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def load_job_data(cfg: TrainJobConfig) -> Any:
+    """The job's ``DatasetBundle`` (same split for every step that re-loads it)."""
+    return load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+                        image_size=cfg.image_size, train_limit=cfg.train_limit, seed=cfg.seed)
+
+
 def data_and_model(cfg: TrainJobConfig) -> tuple[Any, nn.Module, torch.Tensor]:
     """The job's dataset bundle, a freshly seeded model for it, and one example input (1, C, H, W)."""
-    bundle = load_dataset(cfg.data, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-                          image_size=cfg.image_size, train_limit=cfg.train_limit, seed=cfg.seed)
+    bundle = load_job_data(cfg)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                          input_size=bundle.image_size, **cfg.model_kwargs)

@@ -82,14 +82,10 @@ def prune_cmd(run_dir: Path, as_json: bool) -> None:
 @click.option("--lam", type=float, default=0.05, show_default=True, help="lambda of the batched SEF prox")
 def nm_cmd(run_dir: Path, epochs: int, lam: float) -> None:
     """N:M phase (profile's nm rules) on RUN_DIR's pruned model; writes nm.*."""
-    import yaml
-
-    from hwprune.jobconfig import TrainJobConfig
+    from hwprune.jobconfig import load_run_config
     from hwprune.pipeline import PipelineOptions, step_nm
 
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text())
-    cfg = TrainJobConfig.from_mapping({k: v for k, v in raw.items() if k != "profile"}, source="config.yaml")
-    info = step_nm(run_dir, cfg, PipelineOptions(nm_epochs=epochs, nm_lam=lam))
+    info = step_nm(run_dir, load_run_config(run_dir), PipelineOptions(nm_epochs=epochs, nm_lam=lam))
     if info is None:
         raise ConfigError(f"{run_dir}/profile.yaml has no nm rule; nothing to do")
     click.echo(f"N:M {info['pattern']} on {len(info['layers'])} layers; accuracy {info['accuracy_before']:.4f} -> "
