@@ -18,12 +18,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
-import os
-import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +27,8 @@ from pathlib import Path
 import torch
 
 from hwprune import wgsef
+from hwprune.envinfo import collect_env
+from hwprune.modelio import atomic_write_json, atomic_write_text
 
 __all__ = ["main"]
 
@@ -49,24 +47,6 @@ def _median_ms(fn: Callable[[], object], reset: Callable[[], object], repeats: i
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _cases(n: int, scope_groups: int) -> list[tuple[str, int, str, Callable[[torch.Tensor], tuple]]]:
@@ -157,12 +137,12 @@ def main() -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(stem.with_suffix(".csv"), buf.getvalue())
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cpu": _cpu_model(),
-           "cores": os.cpu_count(), "threads": torch.get_num_threads(), "lam": LAM,
+    atomic_write_text(stem.with_suffix(".csv"), buf.getvalue())
+    env = collect_env(include_gpu=False)
+    env.update({"torch": torch.__version__, "cpu": env["cpu_model"], "threads": torch.get_num_threads(), "lam": LAM,
            "scope_groups": args.scope_groups, "repeats": args.repeats, "max_n": int(args.max_n),
-           "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    _write_atomic(stem.with_suffix(".env.json"), json.dumps(env, indent=2) + "\n")
+           "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    atomic_write_json(stem.with_suffix(".env.json"), env)
     head = ["kind", "s", "scope", "n", "baseline ms", "prox_ ms", "prox ms", "ns/elem", "prox_/base", "prox/base"]
     lines = [f"# prox_bench ({env['cpu']}, {env['threads']} threads, torch {env['torch']})", "",
              "Median of repeats; prox_ is in place (compare with the in-place baseline), prox allocates its output.",
@@ -174,7 +154,7 @@ def main() -> None:
     lines += ["", "Scaling exponent (log-log slope of prox_ time vs n, n >= 1e6):", ""]
     lines += [f"- {k[0]} s={k[1]} {k[2]}: {v:.3f}" for k, v in sorted(slopes.items())]
     text = "\n".join(lines) + "\n"
-    _write_atomic(stem.with_suffix(".md"), text)
+    atomic_write_text(stem.with_suffix(".md"), text)
     print(text)
 
 
