@@ -31,7 +31,8 @@ from hwprune.groups import GroupSet
 
 __all__ = [
     "VARIANTS", "MODES", "row_prox_l21", "row_prox_l20", "row_prox", "survivor_ratio", "AULMConfig",
-    "AULMState", "group_index_map", "keep_topk", "calibrate_multipliers", "scope_multipliers_from",
+    "AULMState", "group_index_map", "keep_topk", "calibrate_multipliers", "survive_mask", "scope_multipliers_from",
+    "TIE_RTOL",
 ]
 
 VARIANTS = ("l21", "l20")
@@ -161,24 +162,49 @@ def keep_topk(gs: GroupSet, k: Tensor, score: Tensor) -> Tensor:
     return gs.from_padded((ranks < k.to(torch.long).unsqueeze(1)).to(torch.float64)) > 0.5
 
 
-def calibrate_multipliers(gs: GroupSet, ratio: Tensor, k: Tensor, *, iters: int = 200) -> Tensor:
-    """Bisect one lambda multiplier ``c_s`` per scope so that ``#{g in s: ratio_g > c_s} == k_s``.
+# Two neighbouring ratios closer than this (relative) are treated as tied: a multiplier between them
+# would sit within a few ulps of both, and which side a group lands on would depend on the CPU's rounding.
+TIE_RTOL = 1e-9
 
-    The survivor count is non-increasing in ``c``; the result is the largest value found with
-    count >= k (exactly k unless ratios tie at the boundary; 0 when fewer than k rows can survive).
-    Returns (S,) float64 multipliers.
+
+def calibrate_multipliers(gs: GroupSet, ratio: Tensor, k: Tensor) -> Tensor:
+    """One lambda multiplier ``c_s`` per scope, strictly between the k-th and (k+1)-th largest ratio.
+
+    A group survives the F-step with multiplier ``c`` iff ``ratio_g > c`` (``survivor_ratio``). The
+    multiplier is the midpoint of the k-th and (k+1)-th largest ratio of the scope, so the decision has
+    a margin of half their gap instead of one ulp (the old bisection converged onto the boundary ratio
+    itself). Ratios that tie at the boundary (relative gap below ``TIE_RTOL``) all survive: ``c`` moves
+    down to the midpoint below the tied value (count >= k; the top-k trim then decides). When fewer than
+    k groups can survive, ``c = 0``. Compare with ``survive_mask`` to get the same decision.
+
+    Args:
+        gs: the GroupSet (scopes). ratio: (G,) survivor ratios, >= 0 (``inf`` allowed). k: (S,) budgets.
+    Returns:
+        (S,) float64 multipliers.
     """
     r = gs.to_padded(ratio.to(torch.float64), fill=0.0)
-    finite = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
-    lo = torch.zeros(r.shape[0], dtype=torch.float64)
-    hi = finite.max(dim=1).values * 2.0 + 1.0
-    kk = k.to(torch.float64)
-    for _ in range(iters):
-        mid = (lo + hi) / 2.0
-        ok = (r > mid.unsqueeze(1)).sum(dim=1).to(torch.float64) >= kk
-        lo = torch.where(ok, mid, lo)
-        hi = torch.where(ok, hi, mid)
-    return lo
+    desc = torch.sort(r, dim=1, descending=True).values
+    desc = torch.cat([desc, torch.zeros(desc.shape[0], 1, dtype=torch.float64)], dim=1)  # a 0 below every scope
+    out = torch.zeros(r.shape[0], dtype=torch.float64)
+    for s, kk in enumerate(k.tolist()):
+        vals = desc[s]
+        kk = int(kk)
+        if kk < 1 or kk > vals.numel() - 1:
+            continue
+        a = float(vals[kk - 1])
+        below = vals[kk:]
+        lower = below[below < a * (1.0 - TIE_RTOL)] if a < torch.inf else below[torch.isfinite(below)]
+        b = float(lower[0]) if lower.numel() else 0.0
+        if a == torch.inf:
+            out[s] = 2.0 * b + 1.0 if b > 0 else 1.0
+        elif a > 0:
+            out[s] = 0.5 * (a + b)
+    return out
+
+
+def survive_mask(gs: GroupSet, ratio: Tensor, multipliers: Tensor) -> Tensor:
+    """(G,) bool: ``ratio_g > c_{scope(g)}``, the one form in which calibrated decisions are taken."""
+    return ratio.to(torch.float64) > multipliers.to(torch.float64)[gs.scope_index]
 
 
 class AULMState:
@@ -238,15 +264,24 @@ class AULMState:
 
     # ------------------------------------------------------------------ ADMM updates
     @torch.no_grad()
-    def f_step(self, scope_multipliers: Tensor | None = None) -> Tensor:
+    def f_step(self, scope_multipliers: Tensor | None = None, survive: Tensor | None = None) -> Tensor:
         """F <- row prox of ``T = W + Y/rho`` on active groups (F = T elsewhere). Returns (G,) scales.
 
-        ``scope_multipliers`` (S,) optionally scales lambda per scope (calibration).
+        ``scope_multipliers`` (S,) optionally scales lambda per scope (calibration). ``survive`` (G,) bool,
+        when given, is the keep decision already taken in ratio form (``survive_mask``): groups outside it
+        are zeroed and groups inside it keep their prox scale, so the threshold is never re-derived in a
+        second floating-point form.
         """
         self._sync_device()
         T = {n: self.params[n].detach() + self.Y[n] / self.rho for n in self.names}
         lam = self.lam_g if scope_multipliers is None else self.lam_g * scope_multipliers[self.gs.scope_index]
         scales = row_prox(self.cfg.variant, self.gs.norms(T), lam, self.rho)
+        if survive is not None:
+            scales = torch.where(survive, scales, torch.zeros_like(scales))
+            lost = survive & self.active & (scales <= 0)
+            if bool(lost.any()):  # the ratio said "survive" but the threshold rounded onto the norm
+                raise ConfigError(f"SSR calibration: {int(lost.sum())} groups sit on the threshold; "
+                                  "calibrate_multipliers must keep a margin")
         scales = torch.where(self.active, scales, torch.ones_like(scales))
         for n in self.names:
             self.F[n] = T[n] * self._expand(scales, n, 0.0).to(T[n].dtype).to(T[n].device)

@@ -18,6 +18,8 @@ from hwprune.methods.group_lasso import GroupLassoSGD
 from hwprune.profiles import load_profile
 from hwprune.trainjob import run_train_job
 
+pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
+
 TRAIN_LIMIT, BATCH, EPOCHS = 192, 32, 2
 STEPS = EPOCHS * math.ceil(TRAIN_LIMIT / BATCH)  # sparse-phase SGD steps
 INNER = 3

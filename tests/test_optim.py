@@ -13,6 +13,8 @@ from hwprune.groups import build_groups
 from hwprune.optim import ProxSGD, k_per_scope, project_to_k_, scope_report
 from hwprune.profiles import profile_from_dict
 
+pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
+
 ATOL = 1e-6  # float32 round-off between two SGD implementations
 RTOL = 1e-5
 

@@ -17,8 +17,11 @@ from hwprune.ssr import (
     keep_topk,
     row_prox_l20,
     row_prox_l21,
+    survive_mask,
     survivor_ratio,
 )
+
+pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
 
 ATOL = 1e-10
 RTOL = 1e-8
@@ -157,6 +160,40 @@ def test_keep_topk_and_calibration_per_scope() -> None:
     c = calibrate_multipliers(gs, tie, k)
     counts = gs.to_padded(((tie > c[gs.scope_index])).double()).sum(1)
     assert counts.tolist() == [2.0, 5.0]
+
+
+def test_calibration_keeps_a_margin_on_both_sides() -> None:
+    """The multiplier lies strictly inside (r_(k+1), r_(k)), far from both: no decision rests on one ulp."""
+    _, gs = _mlp()
+    k = torch.tensor([2, 2])
+    for seed in range(50):
+        g = torch.Generator().manual_seed(seed)
+        ratio = torch.rand(gs.num_groups, generator=g, dtype=torch.float64) * 10 ** (seed % 7 - 3)
+        c = calibrate_multipliers(gs, ratio, k)
+        for s in range(gs.num_scopes):
+            r = torch.sort(ratio[gs.scope_index == s], descending=True).values
+            gap = float(r[1] - r[2])
+            assert float(r[1]) - float(c[s]) > 0.25 * gap and float(c[s]) - float(r[2]) > 0.25 * gap
+        assert survive_mask(gs, ratio, c).tolist() == keep_topk(gs, k, ratio).tolist()
+        # the same decisions survive a perturbation of every ratio by a few ulps either way
+        wobble = ratio * (1 + 4e-16 * torch.randn(ratio.shape, generator=g, dtype=torch.float64))
+        assert survive_mask(gs, wobble, c).tolist() == keep_topk(gs, k, ratio).tolist()
+
+
+def test_calibrated_f_step_zeroes_exactly_the_rows_the_ratio_drops() -> None:
+    """The F-step under calibrated multipliers keeps exactly k rows per scope, for many random states."""
+    for seed in range(20):
+        m, gs = _mlp()
+        torch.manual_seed(seed)
+        for p in m.parameters():
+            p.data.normal_()
+        k = torch.tensor([1, 3])
+        for variant in ("l21", "l20"):
+            state = AULMState(m, gs, AULMConfig(variant=variant, lam=0.3, rho=1.7))
+            ratio = survivor_ratio(variant, state.t_norms(), state.lam_g, state.rho)
+            c = calibrate_multipliers(gs, ratio, k)
+            state.f_step(c, survive_mask(gs, ratio, c))
+            assert (~state.zero_rows()).to(torch.long).tolist() == keep_topk(gs, k, ratio).to(torch.long).tolist()
 
 
 # ---------------------------------------------------------------------------- AULM state

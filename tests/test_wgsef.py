@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from hwprune import wgsef
 
+pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
+
 RTOL = 1e-10  # float64 agreement with the oracles (relative to the input scale)
 AGREE = 1e-12  # sort vs select
 F32_RTOL = 2e-5

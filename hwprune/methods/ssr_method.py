@@ -43,6 +43,7 @@ from hwprune.ssr import (
     calibrate_multipliers,
     keep_topk,
     scope_multipliers_from,
+    survive_mask,
     survivor_ratio,
 )
 
@@ -193,12 +194,13 @@ class _SsrMethod(SparseMethod):
             state, driver = phase.state["aulm"], phase.state["driver"]
         acfg = state.cfg
         residual = state.residual()  # ||W - F|| after the W-steps, before the last F-step
-        mults = None
+        mults = survive = None
         if acfg.calibrate:
             ratio = survivor_ratio(acfg.variant, state.t_norms(), state.lam_g, state.rho)
             ratio = torch.where(state.active, ratio, torch.zeros_like(ratio))
             mults = calibrate_multipliers(groupset, ratio, k)
-        state.f_step(mults)
+            survive = survive_mask(groupset, ratio, mults)
+        state.f_step(mults, survive)
         f_zero = state.zero_rows()
         keep = keep_topk(groupset, k, selection_key(state))
         drop = ~keep & groupset.nonzero()
