@@ -9,14 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hwprune.base.files import atomic_write_text
 
 __all__ = ["RESULTS", "write_atomic", "command_line", "md_table", "write_results", "torch_tag", "ort_tag"]
 
@@ -24,16 +24,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Write ``text`` to ``path`` atomically (``hwprune.base.files.atomic_write_text``)."""
+    atomic_write_text(path, text)
 
 
 def command_line() -> str:
@@ -72,7 +64,7 @@ def _fmt(v: Any) -> str:
 def write_results(stem: Path, rows: Sequence[Mapping[str, Any]], md_lines: Sequence[str],
                   options: Mapping[str, Any]) -> None:
     """Write ``stem.csv`` (rows), ``stem.md`` (lines + the command) and ``stem.env.json`` (machine + options)."""
-    from hwprune.envinfo import collect_env
+    from hwprune.runtime.envinfo import collect_env
 
     stem = Path(stem)
     fields: list[str] = []

@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,12 @@ from typing import Any
 import torch
 
 from _results_io import RESULTS, md_table, ort_tag, torch_tag, write_results
-from hwprune.jobconfig import TrainJobConfig
-from hwprune.methods import get_method
-from hwprune.pipeline import PipelineOptions, step_bench, step_export, step_prune
+from hwprune.base.files import atomic_path
+from hwprune.training.config import TrainJobConfig
+from hwprune.sparsity.methods import get_method
+from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune
 from hwprune.profiles import load_profile
-from hwprune.trainjob import run_train_job
+from hwprune.training.job import run_train_job
 
 __all__ = ["main", "parse_lams"]
 
@@ -126,14 +125,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
 
 

@@ -4,7 +4,7 @@ For each model (ResNet-20, MobileNetV2 on digits upscaled to 32x32 by default) a
 mode (uniform, size, flops, latency; x86-avx2-ort rules with one *global* scope so that the weights
 decide which layers lose channels) plus the per-layer greedy ("budget-per-layer": per-layer scopes,
 widths chosen by ``choose_k_for_budget``), every latency budget is met with
-``hwprune.latency_budget.run_with_budget`` (prediction -> train -> measure -> one correction). The
+``hwprune.pipeline.budget.run_with_budget`` (prediction -> train -> measure -> one correction). The
 dense model is trained once per model and re-used. Output: accuracy at (about) equal measured
 latency, and latency at equal accuracy (linear interpolation over the budgets), as Markdown + CSV
 + env JSON + PNG in ``benchmarks/results/latency_aware-<tag>.*``.
@@ -27,12 +27,12 @@ from typing import Any
 
 import yaml
 
-from hwprune.envinfo import collect_env
-from hwprune.jobconfig import TrainJobConfig
-from hwprune.latency import default_cache_path
-from hwprune.latency_budget import run_with_budget
-from hwprune.modelio import atomic_write_json, atomic_write_text
-from hwprune.pipeline import PipelineOptions, step_bench, step_export, step_prune, step_train
+from hwprune.runtime.envinfo import collect_env
+from hwprune.training.config import TrainJobConfig
+from hwprune.runtime.latency import default_cache_path
+from hwprune.pipeline.budget import run_with_budget
+from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune, step_train
 from hwprune.profiles import load_profile, profile_to_dict
 
 __all__ = ["main"]

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from hwprune import wgsef
-from hwprune.envinfo import collect_env
-from hwprune.modelio import atomic_write_json, atomic_write_text
+from hwprune.sparsity import wgsef
+from hwprune.runtime.envinfo import collect_env
+from hwprune.base.files import atomic_write_json, atomic_write_text
 
 __all__ = ["main"]
 

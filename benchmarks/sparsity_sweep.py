@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from _results_io import RESULTS, md_table, write_results
-from hwprune.jobconfig import TrainJobConfig
-from hwprune.pipeline import step_prune
-from hwprune.trainjob import run_train_job
+from hwprune.training.config import TrainJobConfig
+from hwprune.pipeline.steps import step_prune
+from hwprune.training.job import run_train_job
 
 __all__ = ["main", "model_kwargs"]
 

@@ -9,7 +9,7 @@ fraction of channel groups removed (default 30/50/70 %):
    layer name, so different profiles get the same per-layer fractions and the widths differ
    from layer to layer as after real training (weights are random: only runtime matters here);
 3. ``surgery.remove_zero_groups`` (checks equivalence), export dense and compact to ONNX
-   (opset 17, dynamic batch) and time both with ``hwprune.bench.compare`` (one fresh worker,
+   (opset 17, dynamic batch) and time both with ``hwprune.runtime.bench.compare`` (one fresh worker,
    dense and compact interleaved round by round, fresh ORT session per round) at batch 1 and 32.
 
 Reported per point: params, MACs per sample, MAC reduction (dense MACs / compact MACs), median
@@ -44,14 +44,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwprune.bench import compare
-from hwprune.envinfo import collect_env
-from hwprune.export import to_onnx
+from hwprune.runtime.bench import compare
+from hwprune.runtime.envinfo import collect_env
+from hwprune.runtime.export import to_onnx
 from hwprune.groups import GroupSet, build_groups
-from hwprune.modelio import atomic_write_json, atomic_write_text
+from hwprune.base.files import atomic_write_json, atomic_write_text
 from hwprune.models import count_params_and_macs, create_model
 from hwprune.profiles import BenchSpec, load_profile
-from hwprune.surgery import remove_zero_groups
+from hwprune.surgery.remove import remove_zero_groups
 
 __all__ = ["main", "run", "zero_fraction"]
 
@@ -161,7 +161,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Na
         f"# speedup_bench ({env.get('cpu_model')}, ORT {v.get('onnxruntime')} CPU EP, {args.threads} intra-op "
         f"thread(s), torch {v.get('torch')})", "",
         f"Input 1x{'x'.join(map(str, INPUT))}; median of {args.repeats} rounds x {args.iters} iterations "
-        f"(warm-up {args.warmup}), dense and compact interleaved in one fresh worker (`hwprune.bench.compare`).",
+        f"(warm-up {args.warmup}), dense and compact interleaved in one fresh worker (`hwprune.runtime.bench.compare`).",
         "MAC red. = dense MACs / compact MACs; speed-up = dense median / compact median; "
         "speed-up / MAC red. = 1 means the runtime realises the whole MAC reduction.",
         f"Random zero groups (per-layer fraction = target +- {args.jitter}, seed {args.seed}); "

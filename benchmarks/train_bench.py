@@ -29,7 +29,7 @@ from torch import nn
 from _results_io import RESULTS, md_table, torch_tag, write_results
 from hwprune.groups import build_groups
 from hwprune.models import create_model
-from hwprune.optim import ProxSGD
+from hwprune.sparsity.proxsgd import ProxSGD
 from hwprune.profiles import load_profile
 
 __all__ = ["main"]

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from hwprune.groups import build_groups
-from hwprune.optim import ProxSGD
+from hwprune.sparsity.proxsgd import ProxSGD
 from hwprune.profiles import profile_from_dict
-from hwprune.train import TrainConfig
+from hwprune.training.loop import TrainConfig
 
 K_CONV = 2  # the tiny net's conv has 4 output channels; ProxSGD must end with exactly 2
 

@@ -15,12 +15,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from hwprune import _trt, bench
-from hwprune.bench import BenchWorkerError, LatencyStats, compare, measure, summarize
+from hwprune.runtime import bench
+from hwprune.runtime import trt as _trt
+from hwprune.runtime.bench import BenchWorkerError, LatencyStats, compare, measure, summarize
 from hwprune.cli import cli
-from hwprune.envinfo import _cpuinfo, collect_env
-from hwprune.errors import ConfigError, DataError, MissingBackendError
-from hwprune.export import ExportConfig, to_onnx
+from hwprune.runtime.envinfo import _cpuinfo, collect_env
+from hwprune.base.errors import ConfigError, DataError, MissingBackendError
+from hwprune.runtime.export import ExportConfig, to_onnx
 from hwprune.profiles import BenchSpec
 from tests import fake_tensorrt
 
@@ -91,7 +92,7 @@ def test_worker_reraises_typed_errors(tmp_path: Path) -> None:
 
 
 def test_bench_module_is_lean() -> None:
-    code = ("import sys, hwprune.bench, hwprune._bench_worker; "
+    code = ("import sys, hwprune.runtime.bench, hwprune.runtime.worker; "
             "print(sorted({'torch', 'onnxruntime', 'tensorrt'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

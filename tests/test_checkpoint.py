@@ -1,4 +1,4 @@
-"""hwprune.checkpoint: atomic weights_only checkpoints, RNG round trip, exact resume (incl. SIGKILL)."""
+"""hwprune.training.checkpoint: atomic weights_only checkpoints, RNG round trip, exact resume (incl. SIGKILL)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from hwprune.checkpoint import (
+from hwprune.training.checkpoint import (
     CheckpointMismatchError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from hwprune.errors import DataError
-from hwprune.train import TrainConfig, fit, make_scheduler
+from hwprune.base.errors import DataError
+from hwprune.training.loop import TrainConfig, fit, make_scheduler
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 CFG = TrainConfig(epochs=5, batch_size=32, lr=0.05, seed=5, device="cpu", progress=False)

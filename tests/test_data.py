@@ -13,7 +13,7 @@ import torch
 
 import hwprune.data.datasets as ds_mod
 from hwprune.data import list_datasets, load_dataset, read_idx, safe_unpickle, stratified_split
-from hwprune.errors import ConfigError, DataError
+from hwprune.base.errors import ConfigError, DataError
 
 
 def _denorm(bundle, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""hwprune.distributed: single-process no-ops and a 2-process CPU (gloo) DDP run via torchrun."""
+"""hwprune.training.distributed: single-process no-ops and a 2-process CPU (gloo) DDP run via torchrun."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune import distributed as ddp
-from hwprune.errors import ConfigError
+from hwprune.training import distributed as ddp
+from hwprune.base.errors import ConfigError
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 

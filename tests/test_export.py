@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from hwprune.cli import cli
-from hwprune.errors import ConfigError, NumericalMismatchError
-from hwprune.export import (
+from hwprune.base.errors import ConfigError, NumericalMismatchError
+from hwprune.runtime.export import (
     ATOL,
     ExportConfig,
     OutputShapeMismatch,

@@ -11,7 +11,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.groups import GroupSet, build_groups
 from hwprune.profiles import profile_from_dict
 from tests.tiny_models import TINY_MODELS, example_input

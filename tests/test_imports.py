@@ -13,52 +13,60 @@ import hwprune
 PKG = Path(hwprune.__file__).parent
 MAX_LINES = 400  # soft cap of the style rules (DESIGN.md section 10)
 
-# Layer of every module (by its first path component under hwprune/). Imports must point to a
-# strictly lower layer, except inside one package (e.g. hwprune.models.*).
+# Layer of every package (first path component under hwprune/). An import must point to a strictly
+# lower layer, or stay inside its own package; inside a package the module graph must be acyclic.
 LAYERS: dict[str, int] = {
-    "errors": 0, "_optional": 1, "wgsef": 0, "jobconfig": 1,
-    "profiles": 2, "models": 2, "data": 2, "distributed": 1, "envinfo": 1,
-    "_group_segments": 3, "_group_masks": 4, "_group_layout": 4, "_group_ops": 4, "groups": 5,
-    "checkpoint": 2, "_trt": 2, "bench": 3, "_bench_worker": 4, "export": 3,
-    "optim": 6, "surgery": 6, "ssr": 6, "train": 3,
-    "modelio": 7, "methods": 8,
-    "trainjob": 9, "nmphase": 9, "plots": 8, "report": 9, "reportdata": 10,
-    "select": 10, "bundle": 10, "latency": 11, "latency_budget": 12, "pipeline": 11,
-    "cli": 20, "__init__": 0, "__main__": 21,
+    "__init__": 0, "base": 0,
+    "profiles": 1,
+    "models": 2, "data": 2,
+    "groups": 3,
+    "sparsity": 4, "surgery": 4,
+    "training": 5,
+    "runtime": 6,
+    "report": 7,
+    "pipeline": 8,
+    "cli": 9,
+    "__main__": 10,
 }
-# Private halves of one unit (split only for the size cap) count as that unit.
-UNITS = {"_profile_parse": "profiles"}
-LAZY_OK = {("trainjob", "select"), ("modelio", "surgery")}
+# (importer package, imported package) pairs allowed upward, each with its reason. Empty: none needed.
+LAZY_OK: dict[tuple[str, str], str] = {}
 
 
-def _module_key(path: Path) -> str:
-    rel = path.relative_to(PKG)
-    key = rel.parts[0].removesuffix(".py")
-    return UNITS.get(key, key)
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = ("hwprune", *rel.parts)
+    return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _package_key(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Dotted hwprune modules imported anywhere in ``path`` (top-level or lazy)."""
     tree = ast.parse(path.read_text())
     out: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hwprune"):
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                out.add(UNITS.get(parts[1], parts[1]))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hwprune") and node.level == 0:
+            if node.module == "hwprune":
+                out.update(f"hwprune.{a.name}" for a in node.names if a.name != "__version__")
             else:
-                out.update(UNITS.get(a.name, a.name) for a in node.names)
+                out.add(node.module)
         elif isinstance(node, ast.Import):
-            for a in node.names:
-                if a.name.startswith("hwprune."):
-                    out.add(UNITS.get(a.name.split(".")[1], a.name.split(".")[1]))
+            out.update(a.name for a in node.names if a.name.startswith("hwprune."))
     return out
+
+
+def _module_graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imported_modules(p) for p in PKG.rglob("*.py")}
 
 
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    for path in PKG.rglob("*.py"):
-        key = _module_key(path)
-        graph.setdefault(key, set()).update(t for t in _imports(path) if t != key and t != "__version__")
+    for src, targets in _module_graph().items():
+        key = _package_key(src)
+        graph.setdefault(key, set()).update(_package_key(t) for t in targets if _package_key(t) != key)
     return graph
 
 
@@ -72,10 +80,41 @@ def test_imports_point_down_the_layers() -> None:
     for src, targets in _graph().items():
         for dst in targets:
             if dst not in LAYERS:
-                bad.append(f"{src} -> {dst} (unknown module)")
+                bad.append(f"{src} -> {dst} (unknown package)")
             elif LAYERS[dst] >= LAYERS[src] and (src, dst) not in LAZY_OK:
                 bad.append(f"{src} (layer {LAYERS[src]}) -> {dst} (layer {LAYERS[dst]})")
     assert not bad, "import edges against the layering:\n" + "\n".join(sorted(bad))
+
+
+def test_lazy_exceptions_are_used() -> None:
+    graph = _graph()
+    dead = [pair for pair in LAZY_OK if pair[1] not in graph.get(pair[0], set())]
+    assert not dead, f"LAZY_OK entries no import needs any more: {dead}"
+
+
+def test_module_graph_has_no_cycle() -> None:
+    """No import cycle between modules, lazy imports and package faces (`__init__`) included."""
+    graph = _module_graph()
+    known = set(graph)
+    edges = {m: {t for t in ts if t in known and t != m} for m, ts in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges[m]):
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [t]
+            if t not in state and (cycle := visit(t)):
+                return cycle
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (cycle := visit(m)):
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
 
 
 def test_no_module_imports_the_cli() -> None:
@@ -89,7 +128,7 @@ def test_modules_stay_under_the_size_cap() -> None:
 
 
 def test_import_hwprune_is_lean() -> None:
-    code = ("import sys, hwprune, hwprune.profiles, hwprune.bench; "
+    code = ("import sys, hwprune, hwprune.profiles, hwprune.runtime.bench; "
             "heavy = [m for m in ('onnx', 'onnxruntime', 'tensorrt', 'torch') if m in sys.modules]; "
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.groups import build_groups
-from hwprune.latency import LatencyTable, LayerCurve, LayerSpec, build_latency_table, width_grid
-from hwprune.latency_budget import (
+from hwprune.runtime.latency import LatencyTable, LayerCurve, LayerSpec, build_latency_table, width_grid
+from hwprune.pipeline.budget import (
     LatencyPredictor,
     choose_k_for_budget,
     latency_group_costs,
@@ -193,8 +193,8 @@ def test_parse_budget():
 @pytest.mark.slow
 def test_predicted_vs_measured_real_ort(tmp_path: Path):
     """Real ORT timings: the calibrated prediction of a half-width model is within 2x of its measurement."""
-    from hwprune.bench import measure
-    from hwprune.export import to_onnx
+    from hwprune.runtime.bench import measure
+    from hwprune.runtime.export import to_onnx
 
     def net(w: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),

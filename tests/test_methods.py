@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.groups import build_groups
-from hwprune.jobconfig import TrainJobConfig
-from hwprune.methods import MethodConfig, get_method, list_methods
-from hwprune.methods.group_lasso import GroupLassoSGD
+from hwprune.training.config import TrainJobConfig
+from hwprune.sparsity.methods import MethodConfig, get_method, list_methods
+from hwprune.sparsity.methods.group_lasso import GroupLassoSGD
 from hwprune.profiles import load_profile
-from hwprune.trainjob import run_train_job
+from hwprune.training.job import run_train_job
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
 
@@ -139,8 +139,8 @@ def test_magnitude_keeps_largest_groups() -> None:
 
 
 def test_layerwise_driver_masks_each_scope_and_keeps_it_zero() -> None:
-    from hwprune.methods.ssr_method import AULMDriver
-    from hwprune.ssr import AULMConfig, AULMState
+    from hwprune.sparsity.methods.ssr_method import AULMDriver
+    from hwprune.sparsity.ssr import AULMConfig, AULMState
 
     model, gs = _tiny()
     k = gs.k_for_sparsity(0.5)

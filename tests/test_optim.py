@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hwprune.groups import build_groups
-from hwprune.optim import ProxSGD, k_per_scope, project_to_k_, scope_report
+from hwprune.sparsity.proxsgd import ProxSGD, k_per_scope, project_to_k_, scope_report
 from hwprune.profiles import profile_from_dict
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)

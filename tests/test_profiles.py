@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from hwprune.cli import cli
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.profiles import (
     SCHEMA_VERSION,
     ChannelBlockGranularity,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hwprune.errors import ConfigError
-from hwprune.plots import pareto_front, plot_pareto, plot_training
-from hwprune.report import REPORT_SCHEMA_VERSION, REQUIRED_KEYS, summary_table, validate_report, write_report
+from hwprune.base.errors import ConfigError
+from hwprune.report.plots import pareto_front, plot_pareto, plot_training
+from hwprune.report.render import REPORT_SCHEMA_VERSION, REQUIRED_KEYS, summary_table, validate_report, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,16 +7,16 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.profiles import load_profile
-from hwprune.select import (
+from hwprune.profiles.machine import (
     MachineFacts,
     best_profile,
     cuda_family,
     facts_from_cpuinfo,
-    measure_profiles,
     rank_profiles,
 )
+from hwprune.pipeline.select import measure_profiles
 
 AVX512_INTEL = MachineFacts("intel", "Xeon Gold 6338", "x86_64",
                             frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"}), 32)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.groups import GroupSet, build_groups
 from hwprune.profiles import load_profile
-from hwprune.ssr import (
+from hwprune.sparsity.ssr import (
     AULMConfig,
     AULMState,
     calibrate_multipliers,

@@ -1,4 +1,4 @@
-"""Tests for hwprune.surgery: zero groups -> smaller dense model with the same function."""
+"""Tests for hwprune.surgery.remove: zero groups -> smaller dense model with the same function."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.groups import GroupSet, build_groups
-from hwprune.modelio import load_model, save_model
+from hwprune.surgery.modelio import load_model, save_model
 from hwprune.models import create_model
 from hwprune.profiles import list_profiles, load_profile, profile_from_dict
-from hwprune.surgery import (
+from hwprune.surgery.remove import (
     ATOL,
     RTOL,
     SurgeryEquivalenceError,
@@ -162,7 +162,7 @@ def test_all_zero_set_keeps_one_group(kind: str, caplog: pytest.LogCaptureFixtur
     model = TINY_MODELS["chain"]()
     gs = build_groups(model, PROFILES[kind], example_input("chain"))
     gs.zero_([g.id for g in gs.groups if g.root_module == "conv1"])
-    with caplog.at_level(logging.WARNING, logger="hwprune.surgery"):
+    with caplog.at_level(logging.WARNING, logger="hwprune.surgery.remove"):
         compact, plan = remove_zero_groups(model, gs, example_input("chain"))
     keep = 1 if kind == "channel" else 4
     assert compact.conv1.out_channels == keep and compact.bn1.num_features == keep

@@ -1,4 +1,4 @@
-"""hwprune.train: determinism, logging, callbacks, schedules, NaN handling, evaluate."""
+"""hwprune.training.loop: determinism, logging, callbacks, schedules, NaN handling, evaluate."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hwprune.errors import ConfigError, HwpruneError
-from hwprune.train import NonFiniteLossError, TrainConfig, evaluate, fit, make_scheduler, seed_everything
+from hwprune.base.errors import ConfigError, HwpruneError
+from hwprune.training.loop import NonFiniteLossError, TrainConfig, evaluate, fit, make_scheduler, seed_everything
 
 CFG = TrainConfig(epochs=3, batch_size=32, lr=0.05, seed=3, device="cpu", progress=False)
 

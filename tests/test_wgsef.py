@@ -1,4 +1,4 @@
-"""Tests of hwprune.wgsef against METHOD.md §9: golden values, oracles and properties."""
+"""Tests of hwprune.sparsity.wgsef against METHOD.md §9: golden values, oracles and properties."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hwprune import wgsef
+from hwprune.sparsity import wgsef
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
 

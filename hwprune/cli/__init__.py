@@ -13,7 +13,7 @@ import sys
 import click
 
 from hwprune import __version__
-from hwprune.errors import HwpruneError
+from hwprune.base.errors import HwpruneError
 
 __all__ = ["main", "cli"]
 

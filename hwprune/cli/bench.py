@@ -50,9 +50,9 @@ def bench(models: tuple[Path, ...], profile: str | None, compare_: bool, backend
           precision: str | None, batch_sizes: tuple[int, ...], iters: int | None, warmup: int | None,
           repeats: int | None, threads: int | None, out: Path | None, as_json: bool) -> None:
     """Time MODELS (one .onnx; two with --compare) in a fresh subprocess; print median/p90/p99 latency."""
-    from hwprune.bench import compare, measure
-    from hwprune.envinfo import collect_env
-    from hwprune.errors import ConfigError
+    from hwprune.runtime.bench import compare, measure
+    from hwprune.runtime.envinfo import collect_env
+    from hwprune.base.errors import ConfigError
 
     if len(models) != (2 if compare_ else 1):
         raise ConfigError(f"expected {'DENSE.onnx PRUNED.onnx with --compare' if compare_ else 'one MODEL.onnx'}, "
@@ -65,7 +65,7 @@ def bench(models: tuple[Path, ...], profile: str | None, compare_: bool, backend
         result = {"model": str(models[0]), "results": [s.to_dict() for s in measure(models[0], spec)]}
     result.update(spec=dataclasses.asdict(spec), env=collect_env(include_gpu=spec.provider == "cuda"))
     if out is not None:
-        from hwprune.modelio import atomic_write_json
+        from hwprune.base.files import atomic_write_json
 
         atomic_write_json(out, result)
     if as_json:

@@ -30,13 +30,13 @@ def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_
     """Export RUN_DIR's final model (or --model NAME) to ONNX, check it and compare ORT with PyTorch."""
     import torch
 
-    from hwprune.errors import ConfigError
-    from hwprune.export import ExportConfig, export_and_validate
+    from hwprune.base.errors import ConfigError
+    from hwprune.runtime.export import ExportConfig, export_and_validate
 
     if (run_dir is None) == (model_name is None):
         raise ConfigError("give exactly one of RUN_DIR or --model NAME")
     if run_dir is not None:
-        from hwprune.modelio import load_run_model
+        from hwprune.surgery.modelio import load_run_model
 
         model, example, source = load_run_model(run_dir, stage)
         out = out or run_dir / "model.onnx"

@@ -19,7 +19,7 @@ class MethodOption(click.Option):
     """``--method`` whose help lists the registered methods (imported only when help is shown)."""
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:  # noqa: D102
-        from hwprune.methods import list_methods
+        from hwprune.sparsity.methods import list_methods
 
         listing = "; ".join(f"{n}: {s}" for n, s in list_methods().items())
         self.help = f"sparsification method [default: wgsef]. Registered: {listing}"
@@ -60,7 +60,7 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def build_job_config(options: dict[str, Any], **overrides: Any) -> Any:
     """Merge ``--config`` file values, then non-None CLI values, into a ``TrainJobConfig``."""
-    from hwprune.jobconfig import TrainJobConfig, load_config_file
+    from hwprune.training.config import TrainJobConfig, load_config_file
 
     source = "command line"
     merged: dict[str, Any] = {}

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import click
 
-__all__ = ["COMMANDS", "latency_table_cmd", "plot_table"]
+__all__ = ["COMMANDS", "latency_table_cmd"]
 
 
 def _parse_widths(text: str | None) -> list[int] | None:
-    from hwprune.errors import ConfigError
+    from hwprune.base.errors import ConfigError
 
     if not text:
         return None
@@ -23,39 +22,6 @@ def _parse_widths(text: str | None) -> list[int] | None:
     if not widths or min(widths) < 1:
         raise ConfigError(f"--widths: every width must be an integer >= 1, got '{text}'")
     return widths
-
-
-def plot_table(table: Any, path: Path) -> Path:
-    """PNG of latency (ms) vs output width, one line per layer with more than one measured width."""
-    import os
-    import tempfile
-
-    from hwprune._optional import import_optional
-
-    mpl = import_optional("matplotlib", extra="plots")
-    mpl.use("Agg", force=True)
-    plt = import_optional("matplotlib.pyplot", extra="plots")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curve in table.layers.items():
-        if len(curve.widths) > 1:
-            ax.plot(curve.widths, curve.ms, marker="o", ms=3, lw=1, label=name)
-    ax.set_xlabel("output channels")
-    ax.set_ylabel("latency (ms, batch %s)" % table.meta.get("batch", 1))
-    ax.set_title(f"per-layer latency ({table.meta.get('backend')}/{table.meta.get('provider')})")
-    if len(ax.get_lines()) <= 16:
-        ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
 
 
 @click.command("latency-table")
@@ -78,9 +44,10 @@ def latency_table_cmd(profile: str, model: str, input_size: int, in_channels: in
     """Time each conv/linear of MODEL alone on PROFILE's backend at several output widths."""
     import torch
 
-    from hwprune.latency import build_latency_table, default_cache_path, table_bench_spec
+    from hwprune.report.plots import plot_latency_table
+    from hwprune.runtime.latency import build_latency_table, default_cache_path, table_bench_spec
     from hwprune.models import create_model
-    from hwprune.trainjob import resolve_profile
+    from hwprune.training.job import resolve_profile
 
     prof = resolve_profile(profile)
     net = create_model(model, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
@@ -93,7 +60,7 @@ def latency_table_cmd(profile: str, model: str, input_size: int, in_channels: in
         pts = " ".join(f"{w}:{ms:.4f}" for w, ms in zip(c.widths, c.ms, strict=True))
         click.echo(f"{name:<36} {c.spec.kind:<6} {c.spec.in_channels:>5} {c.spec.out_channels:>5}  {pts}")
     jp, cp = table.save(out)
-    png = plot_table(table, out / "latency_table.png")
+    png = plot_latency_table(table, out / "latency_table.png")
     click.echo(f"sum at full width {table.total():.4f} ms; cache hits {table.meta['cache_hits']}, "
                f"misses {table.meta['cache_misses']}")
     click.echo(f"written: {jp}, {cp}, {png}")

@@ -1,4 +1,4 @@
-"""``hwprune train``, ``prune``, ``nm`` and ``run``: thin wrappers over ``hwprune.pipeline``."""
+"""``hwprune train``, ``prune``, ``nm`` and ``run``: thin wrappers over ``hwprune.pipeline.steps``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from hwprune.cli.jobopts import build_job_config, job_options
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 
 __all__ = ["COMMANDS"]
 
@@ -37,9 +37,9 @@ def _parse_sparsity(text: str | None) -> list[float] | None:
 @click.option("--json", "as_json", is_flag=True, help="print metrics.json")
 def train_cmd(out: Path, resume: bool, as_json: bool, **options: Any) -> None:
     """Dense training, the method's sparse phase to exactly k groups per scope, masked fine-tune."""
-    from hwprune.pipeline import step_train
+    from hwprune.pipeline.steps import step_train
 
-    from hwprune.distributed import is_main_process, shutdown_distributed
+    from hwprune.training.distributed import is_main_process, shutdown_distributed
 
     cfg = build_job_config(options)
     metrics = step_train(cfg, out, resume=resume)
@@ -64,7 +64,7 @@ def train_cmd(out: Path, resume: bool, as_json: bool, **options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def prune_cmd(run_dir: Path, as_json: bool) -> None:
     """Surgery on RUN_DIR's sparse model: remove zero groups, check equivalence, write pruned.* + plan."""
-    from hwprune.pipeline import step_prune
+    from hwprune.pipeline.steps import step_prune
 
     summary = step_prune(run_dir)
     if as_json:
@@ -82,8 +82,8 @@ def prune_cmd(run_dir: Path, as_json: bool) -> None:
 @click.option("--lam", type=float, default=0.05, show_default=True, help="lambda of the batched SEF prox")
 def nm_cmd(run_dir: Path, epochs: int, lam: float) -> None:
     """N:M phase (profile's nm rules) on RUN_DIR's pruned model; writes nm.*."""
-    from hwprune.jobconfig import load_run_config
-    from hwprune.pipeline import PipelineOptions, step_nm
+    from hwprune.training.config import load_run_config
+    from hwprune.pipeline.steps import PipelineOptions, step_nm
 
     info = step_nm(run_dir, load_run_config(run_dir), PipelineOptions(nm_epochs=epochs, nm_lam=lam))
     if info is None:
@@ -108,13 +108,13 @@ def run_cmd(out: Path, sparsity_text: str | None, bench_iters: int | None, nm_ep
 
     With no arguments: bundled digits data, a small CNN, the profile matching this machine.
     """
-    from hwprune.pipeline import PipelineOptions, run, sweep
+    from hwprune.pipeline.steps import PipelineOptions, run, sweep
 
     sparsities = _parse_sparsity(sparsity_text)
     cfg = build_job_config(options, sparsity=sparsities[0] if sparsities else None)
     opts = PipelineOptions(bench_iters=bench_iters, nm_epochs=nm_epochs)
     if latency_budget is not None:
-        from hwprune.latency_budget import run_with_budget
+        from hwprune.pipeline.budget import run_with_budget
 
         res = run_with_budget(cfg, out, latency_budget, opts)
         click.echo(f"latency budget {res['budget_ms']:.4f} ms: predicted {res['predicted_ms']:.4f} ms, measured "
@@ -129,7 +129,7 @@ def run_cmd(out: Path, sparsity_text: str | None, bench_iters: int | None, nm_ep
     report = run(cfg, out, opts=opts)
     from rich.console import Console
 
-    from hwprune.report import summary_table
+    from hwprune.report.render import summary_table
 
     Console().print(summary_table(report))
     click.echo(f"report: {out / 'report.md'}")

@@ -60,7 +60,7 @@ def show_cmd(name: str, as_json: bool) -> None:
 @click.pass_context
 def validate_cmd(ctx: click.Context, paths: tuple[str, ...]) -> None:
     """Check each profile file (or bundled name); one OK/error line each, exit 2 if any is invalid."""
-    from hwprune.errors import HwpruneError
+    from hwprune.base.errors import HwpruneError
     from hwprune.profiles import load_profile
 
     failed = 0

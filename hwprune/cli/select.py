@@ -21,7 +21,8 @@ __all__ = ["COMMANDS", "select"]
 def select(as_json: bool, model: str | None, sparsity: float, input_size: int, in_channels: int,
            iters: int | None, repeats: int | None) -> None:
     """Detect this machine and rank the bundled profiles, with the reasons for each score."""
-    from hwprune.select import detect_machine, measure_profiles, rank_profiles
+    from hwprune.pipeline.select import measure_profiles
+    from hwprune.profiles.machine import detect_machine, rank_profiles
 
     facts = detect_machine()
     ranked = rank_profiles(facts)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 
 __all__ = ["DatasetBundle", "stratified_split", "stratified_subset", "finalize"]
 

@@ -28,7 +28,7 @@ from hwprune.data.formats import (
     read_idx,
     read_image_folder,
 )
-from hwprune.errors import ConfigError, DataError, MissingBackendError
+from hwprune.base.errors import ConfigError, DataError, MissingBackendError
 
 __all__ = ["load_dataset", "list_datasets", "FASHION_MNIST_DEBIAN_DIR", "MNIST5K_RESOURCE"]
 

@@ -1,6 +1,6 @@
 """File-format readers: IDX (MNIST family), CIFAR-10 pickle batches (safe), image folders.
 
-Every reader raises :class:`~hwprune.errors.DataError` naming the path and what was expected.
+Every reader raises :class:`~hwprune.base.errors.DataError` naming the path and what was expected.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hwprune.errors import DataError, MissingBackendError
+from hwprune.base.errors import DataError, MissingBackendError
 
 __all__ = [
     "IDX_IMAGES_MAGIC",

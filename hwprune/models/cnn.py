@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 from hwprune.models.blocks import conv_bn, init_weights, make_divisible
 from hwprune.models.registry import register_model
 

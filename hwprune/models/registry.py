@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from hwprune.errors import ConfigError
+from hwprune.base.errors import ConfigError
 
 __all__ = ["register_model", "list_models", "create_model", "model_from_spec", "is_model"]
 

@@ -1,0 +1,1 @@
+"""Foundations every layer may use: typed errors, optional-dependency imports, atomic file writes."""

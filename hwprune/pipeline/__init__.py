@@ -1,0 +1,1 @@
+"""Composed steps: hwprune run, latency budgets, measured profile selection, deployment bundles."""

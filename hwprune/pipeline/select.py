@@ -1,0 +1,139 @@
+"""Measured profile selection: prune a model under every matching profile and time it on THIS machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hwprune.base.errors import ConfigError
+from hwprune.profiles import HardwareProfile
+from hwprune.profiles.machine import MachineFacts, detect_machine, load_all, rank_profiles
+
+__all__ = ["measure_profiles"]
+
+
+def _measurable(p: HardwareProfile, facts: MachineFacts) -> str | None:
+    """None if ``p``'s bench backend runs here, else the reason it cannot."""
+    b = p.bench
+    if b.backend == "onnxruntime" and b.provider == "cpu":
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+    if b.backend == "tensorrt" and (importlib.util.find_spec("tensorrt") is None or not facts.gpus):
+        return "backend tensorrt/cuda is not available on this machine"
+    if b.backend == "onnxruntime" and b.provider == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider here"
+    return None
+
+
+def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict]:
+    """Zero the lowest-norm removable groups beyond k per scope, then run surgery -> (compact, plan)."""
+    import torch
+
+    from hwprune.groups import build_groups
+    from hwprune.surgery.remove import remove_zero_groups
+
+    gs = build_groups(model, profile, example, "structured")
+    k = gs.k_for_sparsity(sparsity)
+    norms = gs.norms()
+    drop: list[int] = []
+    for s in range(gs.num_scopes):
+        ids = torch.nonzero((gs.scope_index == s) & gs.removable).flatten()
+        if ids.numel() == 0:
+            continue
+        keep = min(int(k[s]), ids.numel())
+        order = ids[torch.argsort(norms[ids], descending=True, stable=True)]
+        drop.extend(order[keep:].tolist())
+    if drop:
+        gs.zero_(drop)
+    compact, plan = remove_zero_groups(model, gs, example)
+    return compact, plan.to_dict()
+
+
+def measure_profiles(
+    model_name: str,
+    facts: MachineFacts | None = None,
+    *,
+    sparsity: float = 0.5,
+    input_size: int = 32,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    model_kwargs: dict[str, Any] | None = None,
+    profiles: Sequence[HardwareProfile | str] | None = None,
+    batch_size: int = 1,
+    warmup: int | None = None,
+    iters: int | None = None,
+    repeats: int | None = None,
+    seed: int = 0,
+    work_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Prune ``model_name`` at ``sparsity`` under every matching profile and time it on THIS machine.
+
+    Rows (sorted by ``median_ms``, skipped profiles last): ``profile``, ``score``, ``status``
+    (``measured`` | ``skipped``), ``reason``, ``alignment``, ``params``, ``macs``, ``median_ms``,
+    ``p90_ms``, ``speedup`` (dense median / pruned median, batch ``batch_size``) and ``recommended``
+    (True on the fastest measured row). A ``dense`` reference row (profile ``"dense"``) is included.
+    ``warmup``/``iters``/``repeats`` override each profile's bench settings (None: the profile's).
+    """
+    import torch
+
+    from hwprune.runtime.bench import measure
+    from hwprune.runtime.export import to_onnx
+    from hwprune.models import count_params_and_macs, create_model
+
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
+    facts = facts or detect_machine()
+    loaded = {p.name: p for p in load_all(profiles)}
+    ranked = [m for m in rank_profiles(facts, list(loaded.values())) if m.matched]
+    overrides = {k: v for k, v in (("warmup", warmup), ("iters", iters), ("repeats", repeats)) if v is not None}
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return create_model(model_name, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                            **(model_kwargs or {})).eval()
+
+    example = torch.randn(1, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="hwprune-select-") as tmp:
+        def timed(model: torch.nn.Module, name: str, profile: HardwareProfile) -> dict[str, Any]:
+            path = to_onnx(model, example, Path(tmp) / f"{name}.onnx")
+            spec = dataclasses.replace(profile.bench, **overrides)
+            stats = measure(path, spec, batch_size=batch_size)[0]
+            params, macs = count_params_and_macs(model, example)
+            return {"params": params, "macs": macs, "median_ms": stats.median_ms, "p90_ms": stats.p90_ms}
+
+        cpu_ref = next((loaded[m.name] for m in ranked if _measurable(loaded[m.name], facts) is None
+                        and loaded[m.name].bench.provider == "cpu"), None)
+        dense: dict[str, Any] | None = None
+        if cpu_ref is not None:
+            dense = {"profile": "dense", "score": None, "status": "measured", "reason": "unpruned reference",
+                     "alignment": 1, **timed(fresh(), "dense", cpu_ref)}
+            rows.append(dense)
+        for m in ranked:
+            p = loaded[m.name]
+            base = {"profile": p.name, "score": m.score, "alignment": p.alignment}
+            why = _measurable(p, facts)
+            if why is not None:
+                rows.append({**base, "status": "skipped", "reason": why, "params": None, "macs": None,
+                             "median_ms": None, "p90_ms": None})
+                continue
+            compact, plan = _prune_random(fresh(), p, example, sparsity)
+            removed = sum(len(s.get("idxs", ())) for s in plan["steps"])
+            rows.append({**base, "status": "measured", "reason": f"{removed} channels removed",
+                         **timed(compact, p.name, p)})
+    for r in rows:
+        ok = r["status"] == "measured" and dense is not None and r["median_ms"]
+        r["speedup"] = dense["median_ms"] / r["median_ms"] if ok else None  # type: ignore[index]
+        r["recommended"] = False
+    rows.sort(key=lambda r: (r["status"] != "measured", r["median_ms"] if r["median_ms"] is not None else 0.0,
+                             r["profile"]))
+    best = next((r for r in rows if r["status"] == "measured" and r["profile"] != "dense"), None)
+    if best is not None:
+        best["recommended"] = True
+    return rows

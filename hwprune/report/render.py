@@ -1,0 +1,259 @@
+"""Run report: a versioned dict schema, ``report.json`` + ``report.md`` + PNG plots, terminal summary.
+
+The pipeline fills a :class:`RunReport` dict; :func:`write_report` validates it, adds derived numbers
+(speed-up per batch size, MAC reduction, speed-up / MAC reduction, achieved sparsity per scope),
+draws the plots into ``RUN_DIR/plots/`` and writes ``RUN_DIR/report.json`` and ``RUN_DIR/report.md``
+atomically. Latencies are milliseconds; accuracies are fractions in [0, 1]; MACs are per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from hwprune.base.errors import ConfigError
+from hwprune.base.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+__all__ = ["REPORT_SCHEMA_VERSION", "REQUIRED_KEYS", "DensePruned", "ScopeRow", "RunReport", "validate_report",
+           "derive", "render_markdown", "write_report", "summary_table"]
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class DensePruned(TypedDict):
+    """A number for the dense and the pruned model."""
+
+    dense: float
+    pruned: float
+
+
+class ScopeRow(TypedDict):
+    """One sparsity scope: ``total`` groups, target ``k`` kept, ``nonzero`` kept in the result."""
+
+    name: str
+    total: int
+    k: int
+    nonzero: int
+
+
+class RunReport(TypedDict, total=False):
+    """Schema of ``report.json`` (keys in ``REQUIRED_KEYS`` are required, the rest optional).
+
+    Required: ``schema_version`` (= REPORT_SCHEMA_VERSION), ``profile``, ``model``, ``data``,
+    ``method``, ``sparsity_target`` (fraction of groups removed per scope), ``scopes`` (ScopeRow list),
+    ``accuracy``, ``params``, ``macs`` (DensePruned), ``latency`` (``{"dense": [...], "pruned": [...]}``,
+    ``hwprune.runtime.bench.LatencyStats.to_dict()`` rows, one per batch size), ``environment``
+    (``hwprune.runtime.envinfo.collect_env()``), ``versions`` (package -> version), ``timings`` (step -> s).
+    Optional: ``run_dir``, ``created``, ``widths`` (surgery plan widths), ``sweep`` (Pareto points
+    ``{label, accuracy, latency_ms, kind}``), ``notes``. Added by :func:`derive`: ``speedup``,
+    ``mac_reduction``, ``param_reduction``, ``plots``.
+    """
+
+    schema_version: int
+    profile: str
+    model: str
+    data: str
+    method: str
+    sparsity_target: float
+    scopes: list[ScopeRow]
+    accuracy: DensePruned
+    params: DensePruned
+    macs: DensePruned
+    latency: dict[str, list[dict[str, Any]]]
+    environment: dict[str, Any]
+    versions: dict[str, Any]
+    timings: dict[str, float]
+    run_dir: str
+    created: str
+    widths: list[dict[str, Any]]
+    sweep: list[dict[str, Any]]
+    notes: str
+    speedup: list[dict[str, Any]]
+    mac_reduction: float
+    param_reduction: float
+    plots: dict[str, str]
+
+
+REQUIRED_KEYS: tuple[str, ...] = ("schema_version", "profile", "model", "data", "method", "sparsity_target", "scopes",
+                                  "accuracy", "params", "macs", "latency", "environment", "versions", "timings")
+_PAIRS = ("accuracy", "params", "macs")
+
+
+def validate_report(d: Mapping[str, Any]) -> None:
+    """Raise ``ConfigError`` listing every missing or malformed required key of a report dict."""
+    problems = [f"missing '{k}'" for k in REQUIRED_KEYS if k not in d]
+    if "schema_version" in d and d["schema_version"] != REPORT_SCHEMA_VERSION:
+        problems.append(f"schema_version {d['schema_version']!r} != {REPORT_SCHEMA_VERSION}")
+    for key in _PAIRS:
+        v = d.get(key)
+        if key in d and not (isinstance(v, Mapping) and "dense" in v and "pruned" in v):
+            problems.append(f"'{key}' needs 'dense' and 'pruned'")
+    lat = d.get("latency")
+    if "latency" in d:
+        if not isinstance(lat, Mapping) or not all(isinstance(lat.get(k), list) for k in ("dense", "pruned")):
+            problems.append("'latency' needs 'dense' and 'pruned' lists")
+        else:
+            for kind in ("dense", "pruned"):
+                bad = [i for i, r in enumerate(lat[kind]) if not ("batch" in r and "median_ms" in r)]
+                if bad:
+                    problems.append(f"latency.{kind}[{bad[0]}] needs 'batch' and 'median_ms'")
+    scopes = d.get("scopes")
+    if "scopes" in d and (not isinstance(scopes, list) or
+                          any(not {"name", "total", "k", "nonzero"} <= set(s) for s in scopes)):
+        problems.append("'scopes' must be a list of {name, total, k, nonzero}")
+    if problems:
+        raise ConfigError(f"invalid report: {'; '.join(problems)}; required keys: {', '.join(REQUIRED_KEYS)}")
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    try:
+        return float(a) / float(b) if float(b) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def derive(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy of ``report`` with ``speedup`` rows per batch size, ``mac_reduction``, ``param_reduction``."""
+    validate_report(report)
+    out = dict(report)
+    out["mac_reduction"] = _ratio(report["macs"]["dense"], report["macs"]["pruned"])
+    out["param_reduction"] = _ratio(report["params"]["dense"], report["params"]["pruned"])
+    dense = {int(r["batch"]): r for r in report["latency"]["dense"]}
+    rows = []
+    for p in report["latency"]["pruned"]:
+        d = dense.get(int(p["batch"]))
+        if d is None:
+            continue
+        s = _ratio(d["median_ms"], p["median_ms"])
+        rows.append({"batch": int(p["batch"]), "dense_median_ms": d["median_ms"], "pruned_median_ms": p["median_ms"],
+                     "speedup": s, "speedup_per_mac_reduction": _ratio(s, out["mac_reduction"]) if s else None})
+    out["speedup"] = rows
+    return out
+
+
+def _f(v: Any, fmt: str = ".4g") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, int) and not isinstance(v, bool) and fmt == ".4g":
+        return str(v)  # counts (params, MACs, groups) in full
+    return format(v, fmt) if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """``report.md`` text for a derived report (see :func:`derive`)."""
+    r = report
+    md = [f"# hwprune run: {r['model']} on {r['data']} for {r['profile']}", ""]
+    md += ["## Summary", ""] + _table(["profile", "model", "data", "method", "sparsity target"],
+                                      [[r["profile"], r["model"], r["data"], r["method"], r["sparsity_target"]]])
+    md += _table(["scope", "groups", "target kept (k)", "kept", "target sparsity", "achieved sparsity"],
+                 [[s["name"], s["total"], s["k"], s["nonzero"], 1 - s["k"] / s["total"] if s["total"] else None,
+                   1 - s["nonzero"] / s["total"] if s["total"] else None] for s in r["scopes"]])
+    md += ["## Accuracy, size, compute", ""]
+    md += _table(["", "dense", "pruned", "ratio dense/pruned"],
+                 [["accuracy", r["accuracy"]["dense"], r["accuracy"]["pruned"], "-"],
+                  ["params", r["params"]["dense"], r["params"]["pruned"], r.get("param_reduction")],
+                  ["MACs / sample", r["macs"]["dense"], r["macs"]["pruned"], r.get("mac_reduction")]])
+    md += ["## Latency (ms)", ""]
+    rows = []
+    for kind in ("dense", "pruned"):
+        for s in r["latency"][kind]:
+            rows.append([kind, s["batch"], s.get("backend", "-"), s.get("precision", "-"), s["median_ms"],
+                         s.get("p90_ms"), s.get("p99_ms"), s.get("min_ms"), s.get("throughput_per_s")])
+    md += _table(["model", "batch", "backend", "precision", "median", "p90", "p99", "min", "samples/s"], rows)
+    md += _table(["batch", "dense median", "pruned median", "speed-up", "speed-up / MAC reduction"],
+                 [[s["batch"], s["dense_median_ms"], s["pruned_median_ms"], s["speedup"],
+                   s["speedup_per_mac_reduction"]] for s in r.get("speedup", [])])
+    md += ["## Wall time per step (s)", ""] + _table(["step", "seconds"], [[k, v] for k, v in r["timings"].items()])
+    env = r["environment"]
+    md += ["## Environment", ""] + _table(["key", "value"], [[k, json.dumps(v) if isinstance(v, list | dict) else
+                                                             _f(v)] for k, v in env.items() if k != "versions"])
+    md += ["## Versions", ""] + _table(["package", "version"], [[k, _f(v)] for k, v in r["versions"].items()])
+    if r.get("plots"):
+        md += ["## Plots", ""] + [f"![{name}]({rel})" for name, rel in r["plots"].items()] + [""]
+    if r.get("latency_budget"):
+        lb = r["latency_budget"]
+        md += ["## Latency budget (batch 1)", ""] + _table(
+            ["iteration", "target ms", "predicted ms", "measured ms", "groups kept"],
+            [[i, _f(it["target_ms"]), _f(it["predicted_ms"]), _f(it["measured_ms"]), sum(it["k"])]
+             for i, it in enumerate(lb.get("iterations", []))])
+        md += [f"Budget {_f(lb['budget_ms'])} ms (dense {_f(lb['dense_ms'])} ms): final predicted "
+               f"{_f(lb['predicted_ms'])} ms, measured {_f(lb['measured_ms'])} ms, miss {lb['miss']:+.1%}, "
+               f"met: {lb['met']}.", ""]
+    if r.get("notes"):
+        md += ["## Notes", "", str(r["notes"]), ""]
+    return "\n".join(md)
+
+
+def _pareto_points(r: Mapping[str, Any]) -> list[dict[str, Any]]:
+    pts = []
+    for kind in ("dense", "pruned"):
+        lat = sorted(r["latency"][kind], key=lambda s: s["batch"])
+        if lat:
+            pts.append({"label": kind, "accuracy": r["accuracy"][kind], "latency_ms": lat[0]["median_ms"],
+                        "kind": kind})
+    return pts + [dict(p) for p in r.get("sweep", [])]
+
+
+def write_report(run_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Validate ``report``, draw ``plots/*.png``, write ``report.json`` and ``report.md``; returns both paths.
+
+    Plots: ``training.png`` from ``RUN_DIR/train_log.jsonl`` (if present), ``widths.png`` from
+    ``report["widths"]`` or ``RUN_DIR/surgery_plan.json``, ``pareto.png`` from the dense/pruned
+    points (smallest batch) plus ``report["sweep"]``.
+    """
+    from hwprune.report import plots
+
+    run_dir = Path(run_dir)
+    out = derive(report)
+    made: dict[str, str] = {}
+    log = run_dir / "train_log.jsonl"
+    if log.is_file():
+        records = plots.read_log(log)
+        if records:
+            plots.plot_training(records, run_dir / "plots" / "training.png")
+            made["training"] = "plots/training.png"
+    widths = out.get("widths")
+    plan = run_dir / "surgery_plan.json"
+    if widths is None and plan.is_file():
+        widths = json.loads(plan.read_text()).get("widths")
+    if widths:
+        plots.plot_widths(widths, run_dir / "plots" / "widths.png")
+        made["widths"] = "plots/widths.png"
+    points = _pareto_points(out)
+    if points:
+        plots.plot_pareto(points, run_dir / "plots" / "pareto.png")
+        made["pareto"] = "plots/pareto.png"
+    out["plots"] = made
+    json_path, md_path = run_dir / "report.json", run_dir / "report.md"
+    atomic_write_json(json_path, out)
+    atomic_write_text(md_path, render_markdown(out))
+    return json_path, md_path
+
+
+def summary_table(report: Mapping[str, Any]) -> Table:
+    """A rich table for the terminal: accuracy, params, MACs, and latency/speed-up per batch size."""
+    from rich.table import Table
+
+    r = derive(report) if "speedup" not in report else report
+    t = Table(title=f"{r['model']} / {r['data']} / {r['profile']} ({r['method']}, sparsity {r['sparsity_target']:g})")
+    for col in ("metric", "dense", "pruned", "ratio"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    t.add_row("accuracy", f"{r['accuracy']['dense']:.4f}", f"{r['accuracy']['pruned']:.4f}", "")
+    t.add_row("params", _f(r["params"]["dense"], ","), _f(r["params"]["pruned"], ","), _f(r.get("param_reduction"), ".2f"))
+    t.add_row("MACs", _f(r["macs"]["dense"], ","), _f(r["macs"]["pruned"], ","), _f(r.get("mac_reduction"), ".2f"))
+    for s in r.get("speedup", []):
+        t.add_row(f"latency b={s['batch']} (ms)", _f(s["dense_median_ms"]), _f(s["pruned_median_ms"]),
+                  f"{_f(s['speedup'], '.2f')}x")
+    return t

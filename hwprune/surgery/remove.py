@@ -1,0 +1,302 @@
+"""Dependency-graph surgery: remove all-zero structured groups and prove the function is unchanged.
+
+``remove_zero_groups`` turns a model whose removable groups are exactly zero (after training, or
+``GroupSet.zero_``) into a smaller dense model:
+
+* channel / channel-block groups: every zero group of a coupled set is removed through
+  torch-pruning (``DependencyGraph.get_pruning_group(root, prune_out_channels, idxs).prune()``), which
+  also removes the dependent slices (consumers' input columns, BN entries, residual partners, concat
+  offsets). A coupled set is never emptied: if all its groups are zero, the first is kept.
+* layer groups: a zero residual branch is dropped (``block.branch = None``: the block becomes its
+  shortcut).
+* kernel-shape, unstructured and N:M groups stay as masks (zeros); ``SurgeryPlan.masks`` records them.
+
+Every call checks equivalence (masked vs compact model on random and given inputs, ``ATOL``/``RTOL``)
+and raises ``SurgeryEquivalenceError`` listing every mismatching output.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from hwprune.base.errors import ConfigError, NumericalMismatchError
+from hwprune.groups import GroupSet
+
+__all__ = [
+    "ATOL",
+    "RTOL",
+    "SurgeryPlan",
+    "SurgeryEquivalenceError",
+    "remove_zero_groups",
+    "apply_plan",
+    "check_equivalence",
+    "layer_widths",
+]
+
+log = logging.getLogger(__name__)
+
+ATOL = 1e-5  # absolute tolerance of the masked-vs-compact equivalence check (float32)
+RTOL = 1e-4  # relative tolerance of the same check
+PLAN_VERSION = 1
+
+
+class SurgeryEquivalenceError(NumericalMismatchError):
+    """The compact model does not compute the masked model's function within ATOL/RTOL."""
+
+
+@dataclass
+class SurgeryPlan:
+    """JSON-serialisable record of a surgery; ``apply_plan`` replays it on a fresh model.
+
+    ``steps``: ordered ``{"op": "prune_out", "module", "idxs"}`` / ``{"op": "drop_branch", "module"}``.
+    ``shapes_before`` / ``shapes_after``: parameter name -> shape. ``widths``: per layer
+    ``{"module", "before", "after", "block", "aligned"}``. ``masks``: mask kinds left in place.
+    """
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    shapes_before: dict[str, list[int]] = field(default_factory=dict)
+    shapes_after: dict[str, list[int]] = field(default_factory=dict)
+    widths: list[dict[str, Any]] = field(default_factory=list)
+    masks: list[dict[str, Any]] = field(default_factory=list)
+    equivalence: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SurgeryPlan:
+        """Inverse of ``to_dict``; rejects unknown plan versions."""
+        if d.get("version") != PLAN_VERSION:
+            raise ConfigError(f"surgery plan version {d.get('version')!r} is not supported (expected {PLAN_VERSION})")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def removed_channels(self) -> int:
+        """Number of root channels removed by ``prune_out`` steps."""
+        return sum(len(s["idxs"]) for s in self.steps if s["op"] == "prune_out")
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {n: list(p.shape) for n, p in model.named_parameters()}
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    out = model(x)
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [v for v in out.values() if isinstance(v, torch.Tensor)]
+    return [o for o in out if isinstance(o, torch.Tensor)]
+
+
+@torch.no_grad()
+def check_equivalence(
+    reference: nn.Module,
+    candidate: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    *,
+    atol: float = ATOL,
+    rtol: float = RTOL,
+) -> list[dict[str, Any]]:
+    """Compare outputs of two models (eval mode) on every input; raise listing all mismatches.
+
+    Returns one record per (input, output): ``{input, output, shape, max_abs, max_rel, ok}``.
+    """
+    was = reference.training, candidate.training
+    reference.eval()
+    candidate.eval()
+    records: list[dict[str, Any]] = []
+    try:
+        for i, x in enumerate(inputs):
+            ref, cand = _outputs(reference, x), _outputs(candidate, x)
+            if len(ref) != len(cand):
+                records.append({"input": i, "output": -1, "ok": False, "error": "different number of outputs"})
+                continue
+            for j, (a, b) in enumerate(zip(ref, cand, strict=True)):
+                if a.shape != b.shape:
+                    records.append({"input": i, "output": j, "ok": False, "shape": [list(a.shape), list(b.shape)]})
+                    continue
+                diff = (a - b).abs()
+                max_abs = float(diff.max()) if diff.numel() else 0.0
+                max_rel = float((diff / a.abs().clamp_min(1e-12)).max()) if diff.numel() else 0.0
+                ok = bool(torch.allclose(b, a, atol=atol, rtol=rtol))
+                records.append({"input": i, "output": j, "shape": list(a.shape), "max_abs": max_abs,
+                                "max_rel": max_rel, "ok": ok})
+    finally:
+        reference.train(was[0])
+        candidate.train(was[1])
+    bad = [r for r in records if not r["ok"]]
+    if bad:
+        lines = "; ".join(
+            f"input {r['input']} output {r['output']}: " + (
+                f"max_abs={r['max_abs']:.3g} max_rel={r['max_rel']:.3g}" if "max_abs" in r else str(r.get("shape") or r.get("error"))
+            )
+            for r in bad
+        )
+        raise SurgeryEquivalenceError(
+            f"compact model differs from the masked model (atol={atol}, rtol={rtol}) in {len(bad)} output(s): {lines}",
+            bad,
+        )
+    return records
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every Conv/Linear layer (``out_channels`` / ``out_features``)."""
+    out: dict[str, int] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            out[name] = m.out_features
+    return out
+
+
+def _build_dg(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
+def _prune_out(dg: tp.DependencyGraph, model: nn.Module, module_name: str, idxs: list[int]) -> None:
+    module = model.get_submodule(module_name)
+    pruner = dg.get_pruner_of_module(module)
+    if pruner is None:
+        raise ConfigError(f"surgery: torch-pruning has no pruner for layer '{module_name}' ({type(module).__name__})")
+    group = dg.get_pruning_group(module, pruner.prune_out_channels, sorted(idxs))
+    group.prune()
+
+
+def _zero_plan(groupset: GroupSet, tol: float) -> tuple[dict[str, list[int]], list[str], list[dict[str, Any]]]:
+    """Channels to remove per root module, branches to drop, and mask records."""
+    zero = ~groupset.nonzero(tol)
+    by_root: dict[str, list[tuple[int, list[int], bool]]] = {}
+    branches: list[str] = []
+    masks: dict[str, dict[str, Any]] = {}
+    for info in groupset.groups:
+        is_zero = bool(zero[info.id])
+        if info.kind in ("channel", "channel_block"):
+            by_root.setdefault(info.root_module, []).append((info.id, list(info.channels), is_zero))
+        elif info.kind == "layer":
+            if is_zero:
+                branches.append(info.root_module)
+        else:
+            rec = masks.setdefault(info.root_module, {"module": info.root_module, "kind": info.kind, "zero_groups": 0,
+                                                      "groups": 0})
+            rec["groups"] += 1
+            rec["zero_groups"] += int(is_zero)
+    remove: dict[str, list[int]] = {}
+    for root, entries in by_root.items():
+        zero_entries = [e for e in entries if e[2]]
+        if not zero_entries:
+            continue
+        if len(zero_entries) == len(entries):  # never empty a layer: keep the first group (zeros)
+            log.warning("surgery: every group of '%s' is zero; keeping one group so the layer is not emptied", root)
+            zero_entries = zero_entries[1:]
+        idxs = sorted(c for e in zero_entries for c in e[1])
+        if idxs:
+            remove[root] = idxs
+    return remove, branches, list(masks.values())
+
+
+def _versions() -> dict[str, str]:
+    import hwprune
+
+    return {"hwprune": hwprune.__version__, "torch": torch.__version__, "torch_pruning": getattr(tp, "__version__", "?")}
+
+
+def _width_report(before: dict[str, int], after: dict[str, int], blocks: dict[str, int]) -> list[dict[str, Any]]:
+    rows = []
+    for name, w0 in before.items():
+        w1 = after.get(name, w0)
+        b = blocks.get(name, 1)
+        rows.append({"module": name, "before": w0, "after": w1, "block": b, "aligned": w1 % b == 0})
+    return rows
+
+
+def remove_zero_groups(
+    model: nn.Module,
+    groupset: GroupSet,
+    example_inputs: torch.Tensor,
+    *,
+    tol: float = 0.0,
+    check_inputs: Sequence[torch.Tensor] = (),
+    atol: float = ATOL,
+    rtol: float = RTOL,
+    n_random: int = 2,
+    seed: int = 0,
+) -> tuple[nn.Module, SurgeryPlan]:
+    """Physically remove every all-zero removable group; returns ``(compact_model, plan)``.
+
+    ``model`` is left untouched (it is the masked reference of the equivalence check). ``tol`` is the
+    group-norm threshold for "zero" (default exact zeros). Equivalence is checked on ``n_random``
+    random batches shaped like ``example_inputs`` (batch 4) plus ``check_inputs``.
+    """
+    if groupset.phase != "structured":
+        raise ConfigError(f"surgery works on structured groups, got a GroupSet of phase '{groupset.phase}'")
+    remove, branches, masks = _zero_plan(groupset, tol)
+    blocks: dict[str, int] = {}  # first (full) block of each set, for every producer of the set
+    for g in groupset.groups:
+        if g.kind == "channel_block":
+            for name in g.modules:
+                blocks.setdefault(name, len(g.channels))
+    compact = copy.deepcopy(model)
+    plan = SurgeryPlan(shapes_before=_shapes(model), masks=masks, versions=_versions())
+    before = layer_widths(model)
+    for name in branches:
+        block = compact.get_submodule(name)
+        if not hasattr(block, "branch"):
+            raise ConfigError(f"surgery: layer group '{name}' is not a residual block (no 'branch' attribute)")
+        block.branch = None
+        plan.steps.append({"op": "drop_branch", "module": name})
+    if remove:
+        dg = _build_dg(compact, example_inputs)
+        for root, idxs in remove.items():
+            _prune_out(dg, compact, root, idxs)
+            plan.steps.append({"op": "prune_out", "module": root, "idxs": idxs})
+    plan.shapes_after = _shapes(compact)
+    plan.widths = _width_report(before, layer_widths(compact), blocks)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (4, *example_inputs.shape[1:])
+    inputs = [torch.randn(shape, generator=gen) for _ in range(n_random)] + [example_inputs, *check_inputs]
+    plan.equivalence = check_equivalence(model, compact, inputs, atol=atol, rtol=rtol)
+    compact.train(model.training)
+    return compact, plan
+
+
+def apply_plan(fresh_model: nn.Module, plan: SurgeryPlan | dict[str, Any], example_inputs: torch.Tensor) -> nn.Module:
+    """Replay ``plan`` on a freshly created model of the same architecture (in place; returned).
+
+    Raises ``ConfigError`` if the resulting parameter shapes differ from ``plan.shapes_after``.
+    """
+    if isinstance(plan, dict):
+        plan = SurgeryPlan.from_dict(plan)
+    got = _shapes(fresh_model)
+    if plan.shapes_before and got != plan.shapes_before:
+        diff = [n for n in set(got) | set(plan.shapes_before) if got.get(n) != plan.shapes_before.get(n)]
+        raise ConfigError(f"surgery plan does not match this model: parameter shapes differ for {sorted(diff)[:5]}")
+    for step in plan.steps:
+        if step["op"] == "drop_branch":
+            fresh_model.get_submodule(step["module"]).branch = None
+    prune_steps = [s for s in plan.steps if s["op"] == "prune_out"]
+    if prune_steps:
+        was_training = fresh_model.training
+        dg = _build_dg(fresh_model, example_inputs)  # torch-pruning's tracing switches to eval mode
+        for step in prune_steps:
+            _prune_out(dg, fresh_model, step["module"], list(step["idxs"]))
+        fresh_model.train(was_training)
+    after = _shapes(fresh_model)
+    if plan.shapes_after and after != plan.shapes_after:
+        diff = [n for n in set(after) | set(plan.shapes_after) if after.get(n) != plan.shapes_after.get(n)]
+        raise ConfigError(f"replaying the surgery plan gave different shapes for {sorted(diff)[:5]}")
+    return fresh_model

@@ -1,0 +1,400 @@
+"""Generic, optimiser-agnostic training loop: ``fit`` / ``train_one_epoch`` / ``evaluate``.
+
+``fit`` takes any ``torch.optim.Optimizer`` (ProxSGD applies its prox inside ``step()``), an
+optional per-step LR scheduler, an ``extra_loss(model)`` penalty and callbacks, and writes one
+JSON object per epoch to a JSON-lines log. Epochs are 0-based everywhere (log, checkpoints,
+callbacks). Determinism: every epoch re-seeds python/numpy/torch RNGs and the shuffle generator
+from ``(seed, epoch, rank)``, so a run resumed from ``checkpoint_dir/last.pt`` ends with exactly
+the weights of an uninterrupted run. Under ``torchrun`` the model is wrapped in DDP (see
+``hwprune.training.distributed``) and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from hwprune.training import distributed as ddp
+from hwprune.training.checkpoint import append_log_record, capture_rng_state, resume_from, save_checkpoint, to_plain, trim_log
+from hwprune.base.errors import ConfigError, HwpruneError
+
+__all__ = [
+    "TrainConfig", "TrainHistory", "NonFiniteLossError", "seed_everything", "make_scheduler",
+    "evaluate", "train_one_epoch", "fit",
+]
+
+_LOG = logging.getLogger(__name__)
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Data = DataLoader | Dataset
+CHECKPOINT_NAME = "last.pt"
+
+
+class NonFiniteLossError(HwpruneError):
+    """The training loss became NaN/Inf; the run stops and the last checkpoint is left untouched."""
+
+    def __init__(self, phase: str, epoch: int, step: int, value: float) -> None:
+        super().__init__(
+            f"non-finite loss {value} in phase '{phase}' at epoch {epoch}, step {step}; "
+            "lower the learning rate or the penalty, or enable grad_clip"
+        )
+        self.phase, self.epoch, self.step, self.value = phase, epoch, step, value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (``batch_size`` is per process under DDP; ``lr`` etc. are used
+    only when ``fit`` builds the SGD optimiser itself, i.e. ``optimizer=None``)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    log_every: int = 50  # steps between progress updates (0 = only per epoch)
+    num_workers: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    progress: bool | None = None  # None: show bars only when stderr is a terminal
+    grad_clip: float | None = None  # max global grad norm, None = off
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise ConfigError(f"lr_schedule '{self.lr_schedule}' unknown; choose cosine, step or constant")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"device '{self.device}' unknown; choose cpu, cuda or auto")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_epochs", "log_every", "num_workers", "lr", "momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch records of one ``fit`` phase (the same dicts as the JSON-lines log)."""
+
+    phase: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None  # epoch of the checkpoint the run resumed from
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """The last epoch's record, or None before any epoch finished."""
+        return self.records[-1] if self.records else None
+
+    def column(self, key: str) -> list[Any]:
+        """Values of ``key`` over epochs (None where an epoch lacks it)."""
+        return [r.get(key) for r in self.records]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python ``random``, NumPy and torch (CPU and CUDA); return a CPU generator with ``seed``
+    for DataLoader shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
+
+
+class _LRFactor:
+    """Per-step LR multiplier; its ``__dict__`` (plain values) is what LambdaLR checkpoints."""
+
+    def __init__(self, kind: str, total_steps: int, warmup_steps: int, milestones: list[int]) -> None:
+        self.kind, self.total_steps, self.warmup_steps, self.milestones = kind, total_steps, warmup_steps, milestones
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "cosine":
+            t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+            return 0.5 * (1.0 + math.cos(math.pi * t))
+        if self.kind == "step":
+            return 0.1 ** sum(step >= m for m in self.milestones)
+        return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
+    """Per-step LambdaLR: linear warm-up over ``warmup_epochs``, then ``cfg.lr_schedule``.
+
+    cosine: half cosine from the base LR to 0 over the remaining steps; step: x0.1 at 50 % and
+    75 % of the epochs; constant: the base LR. Step it once per optimiser step.
+    """
+    if steps_per_epoch < 1:
+        raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    milestones = [int(cfg.epochs * f) * steps_per_epoch for f in (0.5, 0.75)]
+    factor = _LRFactor(cfg.lr_schedule, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, milestones)
+    return LambdaLR(optimizer, lr_lambda=factor)
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_device(v, device) for v in x)
+    return x
+
+
+def _batch_size(y: Any) -> int:
+    return int(y.shape[0]) if isinstance(y, Tensor) else len(y)
+
+
+def _num_correct(out: Any, y: Any) -> float:
+    """Top-1 hits for (N, C) logits and (N,) integer labels; NaN when not a classification batch."""
+    classify = isinstance(out, Tensor) and isinstance(y, Tensor) and out.ndim == 2 and y.ndim == 1
+    if classify and not y.is_floating_point():
+        return float((out.argmax(dim=1) == y).sum())
+    return math.nan
+
+
+def _resolve_device(kind: str) -> torch.device:
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' requested but CUDA is not available; use device='cpu' or 'auto'")
+        return torch.device("cuda", ddp.env_info().local_rank)
+    return torch.device("cpu")
+
+
+def _train_loader(data: Data, cfg: TrainConfig, generator: torch.Generator) -> DataLoader:
+    """The given loader, or a shuffling one over a dataset (DistributedSampler under DDP)."""
+    if isinstance(data, DataLoader):
+        if not ddp.is_distributed() or isinstance(data.sampler, DistributedSampler):
+            return data
+        _LOG.warning("rebuilding the train DataLoader with a DistributedSampler for DDP")
+        batch_size, workers, collate = data.batch_size or cfg.batch_size, data.num_workers, data.collate_fn
+        data = data.dataset
+    else:
+        batch_size, workers, collate = cfg.batch_size, cfg.num_workers, None
+    sampler = DistributedSampler(data, shuffle=True, seed=cfg.seed) if ddp.is_distributed() else None
+    return DataLoader(
+        data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
+        collate_fn=collate, generator=generator,
+    )
+
+
+def _eval_loader(data: Data, batch_size: int) -> DataLoader:
+    """Given loader, or a sequential one over this rank's strided shard (no padding duplicates)."""
+    if isinstance(data, DataLoader):
+        return data
+    if ddp.is_distributed():
+        data = Subset(data, range(ddp.get_rank(), len(data), ddp.get_world_size()))  # type: ignore[arg-type]
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    *,
+    batch_size: int = 256,
+    loss_fn: LossFn | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, float]:
+    """Mean loss and top-1 accuracy (fraction in [0, 1]; NaN if not classification) over ``data``.
+
+    Under DDP each rank evaluates its shard and the sums are all-reduced. Restores train mode.
+    """
+    net = ddp.unwrap(model)
+    loss_fn = loss_fn or F.cross_entropy
+    dev = torch.device(device) if device is not None else next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss_sum, correct, count
+    with torch.no_grad():
+        for x, y in _eval_loader(data, batch_size):
+            x, y = _to_device(x, dev), _to_device(y, dev)
+            out = net(x)
+            n = _batch_size(y)
+            sums += torch.tensor([float(loss_fn(out, y)) * n, _num_correct(out, y), n], dtype=torch.float64)
+    net.train(was_training)
+    sums = ddp.all_reduce_sum(sums.to(dev)).cpu()
+    count = max(sums[2].item(), 1.0)
+    return {"loss": sums[0].item() / count, "accuracy": sums[1].item() / count}
+
+
+def _check_finite(total: Tensor, phase: str, epoch: int, step: int) -> None:
+    """Raise NonFiniteLossError on NaN/Inf (agreed across DDP ranks, so no rank hangs)."""
+    bad = (~torch.isfinite(total.detach())).to(torch.float32).reshape(1)
+    if ddp.all_reduce_sum(bad).item() > 0:
+        raise NonFiniteLossError(phase, epoch, step, float(total.detach()))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    *,
+    epoch: int,
+    scheduler: Any | None = None,
+    extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    callbacks: Sequence[Any] = (),
+    loss_fn: LossFn | None = None,
+    device: torch.device | None = None,
+    phase: str = "train",
+    start_step: int = 0,
+    show_progress: bool = False,
+) -> dict[str, float]:
+    """One pass over ``loader``: forward, loss (+ ``extra_loss``), backward, clip, step, sched step.
+
+    Returns sample-weighted means ``train_loss`` (task loss), ``penalty`` (NaN without extra_loss),
+    ``train_acc`` and the global step count ``step`` after the epoch (all-reduced under DDP).
+    """
+    loss_fn = loss_fn or F.cross_entropy
+    dev = device or next(ddp.unwrap(model).parameters()).device
+    model.train()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss_sum, penalty_sum, correct, count
+    step = start_step
+    bar = tqdm(loader, desc=f"{phase} {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x, y = _to_device(x, dev), _to_device(y, dev)
+        out = model(x)
+        loss = loss_fn(out, y)
+        penalty = extra_loss(ddp.unwrap(model)) if extra_loss is not None else None
+        total = loss + penalty if penalty is not None else loss
+        _check_finite(total, phase, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = _batch_size(y)
+        pen = float(penalty.detach()) * n if penalty is not None else math.nan
+        sums += torch.tensor([float(loss.detach()) * n, pen, _num_correct(out, y), n], dtype=torch.float64)
+        for cb in callbacks:
+            if hasattr(cb, "on_step_end"):
+                cb.on_step_end(step, epoch)
+        step += 1
+        if cfg.log_every and (step - start_step) % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{sums[0].item() / sums[3].item():.4f}", refresh=False)
+    sums = ddp.all_reduce_sum(sums.to(dev)).cpu()
+    count = max(sums[3].item(), 1.0)
+    return {
+        "train_loss": sums[0].item() / count,
+        "penalty": sums[1].item() / count,
+        "train_acc": sums[2].item() / count,
+        "step": float(step),
+    }
+
+
+def fit(
+    model: nn.Module,
+    train_data: Data,
+    optimizer: torch.optim.Optimizer | None,
+    cfg: TrainConfig,
+    *,
+    scheduler: Any | None = None,
+    eval_data: Data | None = None,
+    extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    callbacks: Sequence[Any] = (),
+    log_path: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    phase: str = "train",
+    metrics_fn: Callable[[int, dict[str, Any]], Mapping[str, Any] | None] | None = None,
+    loss_fn: LossFn | None = None,
+) -> TrainHistory:
+    """Train ``model`` in place for ``cfg.epochs`` epochs and return the per-epoch history.
+
+    Args:
+        train_data: a DataLoader, or a Dataset yielding (input, label) shuffled with cfg's seed.
+        optimizer: any optimiser over the model's parameters; None builds SGD from cfg.
+        scheduler: stepped once per optimiser step; None builds ``make_scheduler(...)``.
+        extra_loss: ``extra_loss(model) -> scalar`` added to the loss (the unwrapped model).
+        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
+            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
+        metrics_fn: ``metrics_fn(epoch, record) -> dict | None``, merged like a callback's.
+        log_path: JSON-lines log, one record per epoch, appended and flushed per line.
+        checkpoint_dir: ``last.pt`` is written there (atomically) after every epoch.
+        resume: continue from ``checkpoint_dir/last.pt`` if it exists and has the same ``phase``.
+    Raises:
+        NonFiniteLossError: NaN/Inf loss; the last checkpoint stays as it was.
+    """
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs a checkpoint_dir")  # nothing to resume from
+    device = _resolve_device(cfg.device)
+    ddp.setup_distributed(device)
+    rank, main = ddp.get_rank(), ddp.is_main_process()
+    generator = seed_everything(_epoch_seed(cfg.seed, 0, rank))
+    model.to(device)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    loader = _train_loader(train_data, cfg, generator)
+    scheduler = scheduler if scheduler is not None else make_scheduler(optimizer, cfg, len(loader))
+    log_file = Path(log_path) if log_path is not None else None
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    history = TrainHistory(phase=phase)
+    start_epoch = 0
+    if resume and ckpt is not None:
+        start_epoch, history.records = resume_from(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
+                                                   phase=phase, map_location=device)
+        history.resumed_from = start_epoch - 1 if start_epoch > 0 else None
+        if main and log_file is not None and start_epoch > 0:
+            trim_log(log_file, phase, start_epoch - 1)
+    net = ddp.wrap_model(model, device)
+    show = main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
+    step = start_epoch * len(loader)
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_seed = _epoch_seed(cfg.seed, epoch, rank)
+        seed_everything(epoch_seed)
+        for gen in {id(g): g for g in (generator, loader.generator) if g is not None}.values():
+            gen.manual_seed(epoch_seed)  # ours and, if different, a caller's loader generator
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        t0 = time.perf_counter()
+        lr = float(optimizer.param_groups[0]["lr"])
+        stats = train_one_epoch(net, loader, optimizer, cfg, epoch=epoch, scheduler=scheduler,
+                                extra_loss=extra_loss, callbacks=callbacks, loss_fn=loss_fn, device=device,
+                                phase=phase, start_step=step, show_progress=show)
+        step = int(stats.pop("step"))
+        ddp.broadcast_buffers(net)
+        stats = {k: v for k, v in stats.items() if k != "penalty" or extra_loss is not None}
+        record: dict[str, Any] = {"phase": phase, "epoch": epoch, "step": step, "lr": lr, **stats}
+        if eval_data is not None:
+            ev = evaluate(net, eval_data, batch_size=cfg.batch_size, loss_fn=loss_fn, device=device)
+            record.update(eval_loss=ev["loss"], eval_acc=ev["accuracy"])
+        record["seconds"] = time.perf_counter() - t0
+        hooks = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
+        for hook in [*hooks, *([metrics_fn] if metrics_fn is not None else [])]:
+            record.update(hook(epoch, dict(record)) or {})
+        record = to_plain(record)
+        history.records.append(record)
+        _LOG.info("%s epoch %d/%d: %s", phase, epoch, cfg.epochs - 1, record)
+        if main and log_file is not None:
+            append_log_record(log_file, record)
+        if main and ckpt is not None:
+            save_checkpoint(ckpt, model=net, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                            rng_state=capture_rng_state(),
+                            extra={"phase": phase, "seed": cfg.seed, "world_size": ddp.get_world_size(),
+                                   "history": history.records})
+        ddp.barrier()
+    return history
