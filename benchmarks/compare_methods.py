@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _results_io import RESULTS, md_table, ort_tag, torch_tag, write_results
+
 from hwprune.base.files import atomic_path
-from hwprune.training.config import TrainJobConfig
-from hwprune.sparsity.methods import get_method
 from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune
 from hwprune.profiles import load_profile
+from hwprune.sparsity.methods import get_method
+from hwprune.training.config import TrainJobConfig
 from hwprune.training.job import run_train_job
 
 __all__ = ["main", "parse_lams"]

@@ -27,13 +27,13 @@ from typing import Any
 
 import yaml
 
-from hwprune.runtime.envinfo import collect_env
-from hwprune.training.config import TrainJobConfig
-from hwprune.runtime.latency import default_cache_path
-from hwprune.pipeline.budget import run_with_budget
 from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.pipeline.budget import run_with_budget
 from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune, step_train
 from hwprune.profiles import load_profile, profile_to_dict
+from hwprune.runtime.envinfo import collect_env
+from hwprune.runtime.latency import default_cache_path
+from hwprune.training.config import TrainJobConfig
 
 __all__ = ["main"]
 
@@ -42,7 +42,7 @@ MODES = ("uniform", "size", "flops", "latency", "budget-per-layer")
 
 def _light_run(cfg: TrainJobConfig, run_dir: Path, *, opts: PipelineOptions, progress: bool | None = None,
                k_override: Any = None, latency_table: Any = None) -> None:
-    """train -> prune -> export -> bench (no N:M, no report): the steps the benchmark needs."""
+    """Train -> prune -> export -> bench (no N:M, no report): the steps the benchmark needs."""
     step_train(cfg, run_dir, progress=progress, k_override=k_override, latency_table=latency_table)
     step_prune(run_dir)
     step_export(run_dir)
@@ -63,7 +63,7 @@ def _profile_file(work: Path, mode: str) -> Path:
 def _interp_latency(points: list[tuple[float, float]], acc: float) -> float | None:
     """Latency at accuracy ``acc`` by linear interpolation over (latency, accuracy) points (None: outside)."""
     pts = sorted(points)
-    for (l0, a0), (l1, a1) in zip(pts, pts[1:]):
+    for (l0, a0), (l1, a1) in zip(pts, pts[1:], strict=False):
         if min(a0, a1) <= acc <= max(a0, a1):
             return l0 if a1 == a0 else l0 + (acc - a0) * (l1 - l0) / (a1 - a0)
     return next((lat for lat, a in pts if a == acc), None)
@@ -77,11 +77,11 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes[0], models, strict=False):
         for mode in MODES:
             pts = sorted((r["measured_ms"], r["accuracy"]) for r in rows if r["model"] == model and r["mode"] == mode)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=mode)
+                ax.plot(*zip(*pts, strict=False), marker="o", label=mode)
         dense = [r for r in rows if r["model"] == model]
         if dense:
             ax.axvline(dense[0]["dense_ms"], color="grey", ls=":", label="dense latency")

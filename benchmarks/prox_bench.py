@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from hwprune.sparsity import wgsef
-from hwprune.runtime.envinfo import collect_env
 from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.runtime.envinfo import collect_env
+from hwprune.sparsity import wgsef
 
 __all__ = ["main"]
 
@@ -83,7 +83,7 @@ def run(max_n: int, repeats: int, scope_groups: int) -> list[dict]:
         master = torch.randn(n, generator=torch.Generator().manual_seed(0))
         x = master.clone()
 
-        def reset() -> None:
+        def reset(x: torch.Tensor = x, master: torch.Tensor = master) -> None:
             x.copy_(master)
 
         reps = repeats if n < 10**8 else max(3, repeats // 2)

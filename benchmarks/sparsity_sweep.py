@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _results_io import RESULTS, md_table, write_results
-from hwprune.training.config import TrainJobConfig
+
 from hwprune.pipeline.steps import step_prune
+from hwprune.training.config import TrainJobConfig
 from hwprune.training.job import run_train_job
 
 __all__ = ["main", "model_kwargs"]

@@ -44,13 +44,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.groups import GroupSet, build_groups
+from hwprune.models import count_params_and_macs, create_model
+from hwprune.profiles import BenchSpec, load_profile
 from hwprune.runtime.bench import compare
 from hwprune.runtime.envinfo import collect_env
 from hwprune.runtime.export import to_onnx
-from hwprune.groups import GroupSet, build_groups
-from hwprune.base.files import atomic_write_json, atomic_write_text
-from hwprune.models import count_params_and_macs, create_model
-from hwprune.profiles import BenchSpec, load_profile
 from hwprune.surgery.remove import remove_zero_groups
 
 __all__ = ["main", "run", "zero_fraction"]
@@ -161,7 +161,8 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Na
         f"# speedup_bench ({env.get('cpu_model')}, ORT {v.get('onnxruntime')} CPU EP, {args.threads} intra-op "
         f"thread(s), torch {v.get('torch')})", "",
         f"Input 1x{'x'.join(map(str, INPUT))}; median of {args.repeats} rounds x {args.iters} iterations "
-        f"(warm-up {args.warmup}), dense and compact interleaved in one fresh worker (`hwprune.runtime.bench.compare`).",
+        f"(warm-up {args.warmup}), dense and compact interleaved in one fresh worker "
+        "(`hwprune.runtime.bench.compare`).",
         "MAC red. = dense MACs / compact MACs; speed-up = dense median / compact median; "
         "speed-up / MAC red. = 1 means the runtime realises the whole MAC reduction.",
         f"Random zero groups (per-layer fraction = target +- {args.jitter}, seed {args.seed}); "

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results_io import RESULTS, md_table, torch_tag, write_results
 from torch import nn
 
-from _results_io import RESULTS, md_table, torch_tag, write_results
 from hwprune.groups import build_groups
 from hwprune.models import create_model
-from hwprune.sparsity.proxsgd import ProxSGD
 from hwprune.profiles import load_profile
+from hwprune.sparsity.proxsgd import ProxSGD
 
 __all__ = ["main"]
 

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from hwprune.groups import build_groups
-from hwprune.sparsity.proxsgd import ProxSGD
 from hwprune.profiles import profile_from_dict
-from hwprune.training.loop import TrainConfig
+from hwprune.sparsity.proxsgd import ProxSGD
+from hwprune.training.schedule import TrainConfig
 
 K_CONV = 2  # the tiny net's conv has 4 output channels; ProxSGD must end with exactly 2
 

@@ -15,14 +15,14 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
+from hwprune.base.errors import ConfigError, DataError, MissingBackendError
+from hwprune.cli import cli
+from hwprune.profiles import BenchSpec
 from hwprune.runtime import bench
 from hwprune.runtime import trt as _trt
 from hwprune.runtime.bench import BenchWorkerError, LatencyStats, compare, measure, summarize
-from hwprune.cli import cli
 from hwprune.runtime.envinfo import _cpuinfo, collect_env
-from hwprune.base.errors import ConfigError, DataError, MissingBackendError
 from hwprune.runtime.export import ExportConfig, to_onnx
-from hwprune.profiles import BenchSpec
 from tests import fake_tensorrt
 
 FAST = BenchSpec(batch_sizes=(1, 2), warmup=2, iters=20, repeats=2, threads=1)

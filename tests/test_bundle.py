@@ -13,8 +13,8 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
-from hwprune.pipeline.bundle import MANIFEST, PARITY_IN, make_bundle, sha256_file, verify_bundle
 from hwprune.base.errors import ConfigError, DataError, NumericalMismatchError
+from hwprune.pipeline.bundle import MANIFEST, PARITY_IN, make_bundle, sha256_file, verify_bundle
 from hwprune.profiles import BenchSpec
 
 SIZE = 8  # synthetic images 3 x 8 x 8

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from hwprune.base.errors import DataError
 from hwprune.training.checkpoint import (
     CheckpointMismatchError,
     capture_rng_state,
@@ -25,8 +26,8 @@ from hwprune.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from hwprune.base.errors import DataError
-from hwprune.training.loop import TrainConfig, fit, make_scheduler
+from hwprune.training.loop import fit
+from hwprune.training.schedule import TrainConfig, make_scheduler
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 CFG = TrainConfig(epochs=5, batch_size=32, lr=0.05, seed=5, device="cpu", progress=False)
@@ -114,7 +115,7 @@ def test_load_errors_are_data_errors(tmp_path: Path) -> None:
         load_checkpoint(path, model=untouched, expect={"phase": "nm"})
 
 
-class _Interrupt(Exception):
+class _InterruptError(Exception):
     pass
 
 
@@ -124,14 +125,14 @@ class _StopAt:
 
     def on_step_end(self, step: int, epoch: int) -> None:
         if epoch == self.epoch and step % 5 == 2:
-            raise _Interrupt
+            raise _InterruptError
 
 
 def test_in_process_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     full = _net()
     fit(full, _data(), torch.optim.SGD(full.parameters(), lr=0.05, momentum=0.9), CFG)
     model, log, ck = _net(), tmp_path / "log.jsonl", tmp_path / "ck"
-    with pytest.raises(_Interrupt):  # dies in epoch 3, after the checkpoint of epoch 2
+    with pytest.raises(_InterruptError):  # dies in epoch 3, after the checkpoint of epoch 2
         fit(model, _data(), torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), CFG, callbacks=[_StopAt(3)],
             log_path=log, checkpoint_dir=ck, phase="dense")
     with log.open("a") as fh:  # a record written after the checkpoint and a torn line must vanish
@@ -186,7 +187,8 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path: Path) -> None:
     _reference_run(ref)
     ckpt, deadline = run / "checkpoints" / "last.pt", time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        if 2 in _log_epochs(run / "train_log.jsonl") and ckpt.is_file() and load_checkpoint(ckpt, model=None).epoch >= 2:
+        logged = 2 in _log_epochs(run / "train_log.jsonl")
+        if logged and ckpt.is_file() and load_checkpoint(ckpt, model=None).epoch >= 2:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import hwprune.data.datasets as ds_mod
-from hwprune.data import list_datasets, load_dataset, read_idx, safe_unpickle, stratified_split
 from hwprune.base.errors import ConfigError, DataError
+from hwprune.data import list_datasets, load_dataset, read_idx, safe_unpickle, stratified_split
 
 
 def _denorm(bundle, x: torch.Tensor) -> torch.Tensor:

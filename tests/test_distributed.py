@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.training import distributed as ddp
 from hwprune.base.errors import ConfigError
+from hwprune.training import distributed as ddp
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_train.py"
 
@@ -71,5 +71,6 @@ def test_two_cpu_processes_end_with_identical_replicas_and_exact_k(tmp_path: Pat
     from tests.ddp_factories import K_CONV
 
     for state in (rank0, rank1):
-        norms = state["0.weight"].flatten(1).norm(dim=1) + state["0.bias"].abs() + state["1.weight"].abs() + state["1.bias"].abs()
+        norms = (state["0.weight"].flatten(1).norm(dim=1) + state["0.bias"].abs() + state["1.weight"].abs()
+                 + state["1.bias"].abs())
         assert int((norms > 0).sum()) == K_CONV, norms

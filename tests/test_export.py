@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from hwprune.cli import cli
 from hwprune.base.errors import ConfigError, NumericalMismatchError
+from hwprune.cli import cli
 from hwprune.runtime.export import (
     ATOL,
     ExportConfig,

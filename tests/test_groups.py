@@ -47,7 +47,7 @@ def build(name: str, profile, phase: str = "structured", **kw) -> tuple[nn.Modul
 
 
 def _coverage_check(model: nn.Module, gs: GroupSet) -> None:
-    """sum of group sq-norms == squares of exactly the elements that zero_(all) touches (no overlap)."""
+    """Sum of group sq-norms == squares of exactly the elements that zero_(all) touches (no overlap)."""
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p).abs() + 0.1)
@@ -250,7 +250,8 @@ def test_vectorised_ops_match_slow_reference(name: str) -> None:
     params = dict(model.named_parameters())
     other = {n: torch.randn_like(p) for n, p in params.items()}
     masks = [_membership(model, gs, g) for g in range(gs.num_groups)]
-    ref_sq = torch.tensor([sum(float((params[n].detach()[m[n]].double() ** 2).sum()) for n in m) for m in masks], dtype=torch.float64)
+    ref_sq = torch.tensor([sum(float((params[n].detach()[m[n]].double() ** 2).sum()) for n in m) for m in masks],
+                          dtype=torch.float64)
     ref_dot = torch.tensor([sum(float((params[n].detach()[m[n]].double() * other[n][m[n]]).sum()) for n in m)
                             for m in masks], dtype=torch.float64)
     torch.testing.assert_close(gs.sq_norms(), ref_sq.double(), atol=REF_TOL, rtol=REF_TOL)

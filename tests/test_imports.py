@@ -1,5 +1,8 @@
-"""Lean import and one-way import graph (docs/architecture.md): every hwprune import edge, top-level or
-lazy, goes from a higher layer to a lower one, the graph has no cycles, and no module exceeds the size cap."""
+"""Lean import and one-way import graph (docs/architecture.md).
+
+Every hwprune import edge, top-level or lazy, goes from a higher layer to a lower one, the module graph
+has no cycles, and no module exceeds the size cap.
+"""
 
 from __future__ import annotations
 

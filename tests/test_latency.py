@@ -12,7 +12,6 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError
 from hwprune.groups import build_groups
-from hwprune.runtime.latency import LatencyTable, LayerCurve, LayerSpec, build_latency_table, width_grid
 from hwprune.pipeline.budget import (
     LatencyPredictor,
     choose_k_for_budget,
@@ -20,6 +19,7 @@ from hwprune.pipeline.budget import (
     parse_budget,
 )
 from hwprune.profiles import BenchSpec, load_profile
+from hwprune.runtime.latency import LatencyTable, LayerCurve, LayerSpec, build_latency_table, width_grid
 
 FP = {"cpu_model": "fake-cpu", "cores": 2, "ort": "1.0"}
 BENCH = BenchSpec(batch_sizes=(1,), iters=5, warmup=1, repeats=1)

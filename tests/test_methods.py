@@ -12,10 +12,10 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError
 from hwprune.groups import build_groups
-from hwprune.training.config import TrainJobConfig
+from hwprune.profiles import load_profile
 from hwprune.sparsity.methods import MethodConfig, get_method, list_methods
 from hwprune.sparsity.methods.group_lasso import GroupLassoSGD
-from hwprune.profiles import load_profile
+from hwprune.training.config import TrainJobConfig
 from hwprune.training.job import run_train_job
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)

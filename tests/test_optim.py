@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hwprune.groups import build_groups
-from hwprune.sparsity.proxsgd import ProxSGD, k_per_scope, project_to_k_, scope_report
 from hwprune.profiles import profile_from_dict
+from hwprune.sparsity.proxsgd import ProxSGD, k_per_scope, project_to_k_, scope_report
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
 

@@ -10,9 +10,9 @@ import yaml
 from click.testing import CliRunner
 
 from hwprune.cli import cli
-from hwprune.training.config import TrainJobConfig
 from hwprune.pipeline.steps import PipelineOptions, run, step_export, step_prune
 from hwprune.report.render import validate_report
+from hwprune.training.config import TrainJobConfig
 
 FAST = TrainJobConfig(model="digits_cnn", model_kwargs={"width": 0.5}, data="digits", train_limit=400, epochs=1,
                       dense_epochs=1, finetune_epochs=1, batch_size=64, profile="x86-avx2-ort")

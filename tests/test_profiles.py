@@ -6,15 +6,16 @@ import copy
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from hwprune.cli import cli
 from hwprune.base.errors import ConfigError
+from hwprune.cli import cli
 from hwprune.profiles import (
     SCHEMA_VERSION,
     ChannelBlockGranularity,

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from hwprune.base.errors import ConfigError
+from hwprune.pipeline.select import measure_profiles
 from hwprune.profiles import load_profile
 from hwprune.profiles.machine import (
     MachineFacts,
@@ -16,7 +17,6 @@ from hwprune.profiles.machine import (
     facts_from_cpuinfo,
     rank_profiles,
 )
-from hwprune.pipeline.select import measure_profiles
 
 AVX512_INTEL = MachineFacts("intel", "Xeon Gold 6338", "x86_64",
                             frozenset({"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"}), 32)

@@ -15,9 +15,9 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError
 from hwprune.groups import GroupSet, build_groups
-from hwprune.surgery.modelio import load_model, save_model
 from hwprune.models import create_model
 from hwprune.profiles import list_profiles, load_profile, profile_from_dict
+from hwprune.surgery.modelio import load_model, save_model
 from hwprune.surgery.remove import (
     ATOL,
     RTOL,

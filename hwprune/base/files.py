@@ -74,7 +74,8 @@ def read_json(path: str | Path, *, what: str = "JSON file", hint: str = "") -> A
     """Read a JSON artifact; a missing, unreadable or corrupt file is one ``DataError`` naming it.
 
     Args:
-        path: the file. what: what the file is, for the message (e.g. ``"surgery plan"``).
+        path: the file.
+        what: what the file is, for the message (e.g. ``"surgery plan"``).
         hint: what to do about it (e.g. ``"run 'hwprune prune RUN_DIR' first"``).
     """
     path = Path(path)
@@ -88,4 +89,5 @@ def read_json(path: str | Path, *, what: str = "JSON file", hint: str = "") -> A
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read the {what} ({' '.join(str(exc).split())}){tail}") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: corrupt {what} (invalid JSON at line {exc.lineno}, column {exc.colno}){tail}") from None
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise DataError(f"{path}: corrupt {what} (invalid JSON at {where}){tail}") from None

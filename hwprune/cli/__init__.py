@@ -24,7 +24,8 @@ _COMMAND_MODULES: tuple[str, ...] = ("profile", "bench", "export", "pipeline", "
 class _Group(click.Group):
     """Click group that turns HwpruneError into a clean exit code 2."""
 
-    def invoke(self, ctx: click.Context):  # noqa: D102
+    def invoke(self, ctx: click.Context):
+        """Run the command; an ``HwpruneError`` becomes one line on stderr and exit code 2."""
         try:
             return super().invoke(ctx)
         except HwpruneError as exc:

@@ -50,9 +50,9 @@ def bench(models: tuple[Path, ...], profile: str | None, compare_: bool, backend
           precision: str | None, batch_sizes: tuple[int, ...], iters: int | None, warmup: int | None,
           repeats: int | None, threads: int | None, out: Path | None, as_json: bool) -> None:
     """Time MODELS (one .onnx; two with --compare) in a fresh subprocess; print median/p90/p99 latency."""
+    from hwprune.base.errors import ConfigError
     from hwprune.runtime.bench import compare, measure
     from hwprune.runtime.envinfo import collect_env
-    from hwprune.base.errors import ConfigError
 
     if len(models) != (2 if compare_ else 1):
         raise ConfigError(f"expected {'DENSE.onnx PRUNED.onnx with --compare' if compare_ else 'one MODEL.onnx'}, "

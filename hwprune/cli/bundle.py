@@ -22,8 +22,8 @@ __all__ = ["COMMANDS", "bundle"]
 def bundle(run_dir: Path | None, out_dir: Path | None, int8: bool, calib_samples: int, force: bool,
            verify_dir: Path | None, as_json: bool) -> None:
     """Package a run's ONNX model as a verified deployment bundle, or verify one."""
-    from hwprune.pipeline.bundle import MANIFEST, make_bundle, verify_bundle
     from hwprune.base.errors import ConfigError
+    from hwprune.pipeline.bundle import MANIFEST, make_bundle, verify_bundle
 
     if verify_dir is not None:
         if run_dir is not None or out_dir is not None:

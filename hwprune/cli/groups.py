@@ -16,8 +16,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain aligned text table of ``GroupSet.summary()`` rows."""
     cells = [[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in _COLUMNS] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=False)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in cells]
     return "\n".join(lines)
 
 

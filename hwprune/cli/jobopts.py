@@ -18,7 +18,8 @@ __all__ = ["job_options", "build_job_config", "MethodOption"]
 class MethodOption(click.Option):
     """``--method`` whose help lists the registered methods (imported only when help is shown)."""
 
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:  # noqa: D102
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        """Help line with the default shown as resolved by the job configuration."""
         from hwprune.sparsity.methods import list_methods
 
         listing = "; ".join(f"{n}: {s}" for n, s in list_methods().items())

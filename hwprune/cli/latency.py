@@ -44,9 +44,9 @@ def latency_table_cmd(profile: str, model: str, input_size: int, in_channels: in
     """Time each conv/linear of MODEL alone on PROFILE's backend at several output widths."""
     import torch
 
+    from hwprune.models import create_model
     from hwprune.report.plots import plot_latency_table
     from hwprune.runtime.latency import build_latency_table, default_cache_path, table_bench_spec
-    from hwprune.models import create_model
     from hwprune.training.job import resolve_profile
 
     prof = resolve_profile(profile)

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from hwprune.cli.jobopts import build_job_config, job_options
 from hwprune.base.errors import ConfigError
+from hwprune.cli.jobopts import build_job_config, job_options
 
 __all__ = ["COMMANDS"]
 
@@ -38,7 +38,6 @@ def _parse_sparsity(text: str | None) -> list[float] | None:
 def train_cmd(out: Path, resume: bool, as_json: bool, **options: Any) -> None:
     """Dense training, the method's sparse phase to exactly k groups per scope, masked fine-tune."""
     from hwprune.pipeline.steps import step_train
-
     from hwprune.training.distributed import is_main_process, shutdown_distributed
 
     cfg = build_job_config(options)
@@ -82,14 +81,15 @@ def prune_cmd(run_dir: Path, as_json: bool) -> None:
 @click.option("--lam", type=float, default=0.05, show_default=True, help="lambda of the batched SEF prox")
 def nm_cmd(run_dir: Path, epochs: int, lam: float) -> None:
     """N:M phase (profile's nm rules) on RUN_DIR's pruned model; writes nm.*."""
-    from hwprune.training.config import load_run_config
     from hwprune.pipeline.steps import PipelineOptions, step_nm
+    from hwprune.training.config import load_run_config
 
     info = step_nm(run_dir, load_run_config(run_dir), PipelineOptions(nm_epochs=epochs, nm_lam=lam))
     if info is None:
         raise ConfigError(f"{run_dir}/profile.yaml has no nm rule; nothing to do")
     click.echo(f"N:M {info['pattern']} on {len(info['layers'])} layers; accuracy {info['accuracy_before']:.4f} -> "
-               f"{info['accuracy']:.4f}; blocks {info['blocks']}, max nonzero per block {info['max_nonzero_per_block']}")
+               f"{info['accuracy']:.4f}; blocks {info['blocks']}, "
+               f"max nonzero per block {info['max_nonzero_per_block']}")
 
 
 @click.command("run")

@@ -66,7 +66,7 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     classes, counts = np.unique(labels, return_counts=True)
     take = _allocate(counts, min(size, len(labels)))
     rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=False)]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hwprune.base.errors import ConfigError, DataError, MissingBackendError
 from hwprune.data.bundle import DatasetBundle, finalize, stratified_split
 from hwprune.data.formats import (
     IDX_IMAGES_MAGIC,
@@ -28,7 +29,6 @@ from hwprune.data.formats import (
     read_idx,
     read_image_folder,
 )
-from hwprune.base.errors import ConfigError, DataError, MissingBackendError
 
 __all__ = ["load_dataset", "list_datasets", "FASHION_MNIST_DEBIAN_DIR", "MNIST5K_RESOURCE"]
 

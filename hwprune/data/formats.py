@@ -98,7 +98,8 @@ _SAFE_BUILTINS = {"bytes", "bytearray", "list", "dict", "tuple", "set", "frozens
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves only numpy array reconstruction and plain builtin types; anything else is refused."""
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+    def find_class(self, module: str, name: str) -> Any:
+        """Allow only the plain containers a CIFAR-10 pickle holds; anything else is a DataError."""
         if module in _NUMPY_MODULES and name in _NUMPY_FUNCS:
             return _numpy_attr(name)
         if module == "numpy" and name in ("ndarray", "dtype"):

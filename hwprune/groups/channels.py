@@ -35,6 +35,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from hwprune.base.errors import ConfigError
 from hwprune.groups.segments import (
     Entry,
     Layout,
@@ -45,7 +46,6 @@ from hwprune.groups.segments import (
     macs_per_out_channel,
     preserve_mode,
 )
-from hwprune.base.errors import ConfigError
 from hwprune.profiles import LayerRule
 
 __all__ = ["REMOVABLE_KINDS", "MASK_KINDS", "add_channel_sets"]
@@ -114,7 +114,7 @@ def _atoms(cs: _CoupledSet) -> list[list[int]]:
         width = mod.out_channels if is_out else mod.in_channels
         per = width // mod.groups
         to_root: dict[int, int] = {}
-        for x, r in zip(member.idxs, member.root_idxs):
+        for x, r in zip(member.idxs, member.root_idxs, strict=False):
             to_root.setdefault(x, r)
         for x, r in to_root.items():
             for t in range(mod.groups):
@@ -153,7 +153,8 @@ def _resolve_block(cs: _CoupledSet, rules: Mapping[str, LayerRule], n_atoms: int
                                                              if n_atoms != cs.width else "")
             if fb is None:
                 raise ConfigError(f"layer '{m.name}': {units} (set rooted at '{cs.root}') are not divisible by "
-                                  f"channel_block {b} of rule {rule.match!r}; add a fallback or use a divisor of the width")
+                                  f"channel_block {b} of rule {rule.match!r}; add a fallback or use a divisor of "
+                                  "the width")
             if fb.kind == "none":
                 return None
             if fb.kind not in REMOVABLE_KINDS or n_atoms % _block_of(fb):
@@ -248,15 +249,17 @@ def add_channel_sets(model: nn.Module, example_inputs: Any, rules: Mapping[str, 
 
 
 def _pick_root(cs: _CoupledSet, order: Mapping[str, int]) -> tuple[str, dict[int, int]]:
-    """Report the set under its first (module order) non-depthwise conv/linear producer whose output
-    channels map one-to-one onto the set's channels; returns (name, root channel -> its channel)."""
+    """Name the set after its first non-depthwise conv/linear producer mapping one-to-one onto its channels.
+
+    Producers are taken in module order. Returns (name, root channel -> that producer's channel).
+    """
     def rank(m: _Member) -> tuple[int, int]:
         dw = isinstance(m.module, nn.modules.conv._ConvNd) and m.module.groups == m.module.out_channels > 1
         return (int(dw), order.get(m.name, 0))
 
     for m in sorted((m for m in cs.producers if conv_or_linear(m.module)), key=rank):
         if sorted(m.root_idxs) == list(range(cs.width)) and len(set(m.idxs)) == cs.width:
-            return m.name, dict(zip(m.root_idxs, m.idxs))
+            return m.name, dict(zip(m.root_idxs, m.idxs, strict=False))
     return cs.root, {i: i for i in range(cs.width)}
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hwprune.base.errors import ConfigError
 from hwprune.groups.ops import GroupOps, cells_of_scope
 from hwprune.groups.segments import Entry, Layout
-from hwprune.base.errors import ConfigError
 
 __all__ = ["GroupInfo", "GroupSet", "PHASES"]
 
@@ -28,9 +28,12 @@ PHASES = ("structured", "nm")
 
 @dataclass(frozen=True)
 class GroupInfo:
-    """One group. ``channels``: root-channel indices (removable channel kinds); ``(c, i, j)`` position
-    in ``W[:, c, i, j]`` (kernel_shape); weight index (unstructured); ``(out, in, kernel_pos)`` (nm);
-    ``()`` for a layer group. ``scope`` indexes ``GroupSet.scope_names``."""
+    """One group of a ``GroupSet``.
+
+    ``channels``: root-channel indices (removable channel kinds); ``(c, i, j)`` position in
+    ``W[:, c, i, j]`` (kernel_shape); weight index (unstructured); ``(out, in, kernel_pos)`` (nm);
+    ``()`` for a layer group. ``scope`` indexes ``GroupSet.scope_names``.
+    """
 
     id: int
     kind: str
@@ -251,7 +254,7 @@ class GroupSet(GroupOps):
         (``first``, ``groups``); removable groups individually (root module, channels, kind, scope).
         """
         layers = self.summary()
-        for row, e in zip(layers, self.entries):
+        for row, e in zip(layers, self.entries, strict=False):
             row["first"] = e.first
             row["consumers"] = list(e.consumers)
         names = self.scope_names

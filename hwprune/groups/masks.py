@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from hwprune.groups.segments import Entry, Layout, Segment, conv_or_linear, macs_per_out_channel, mro_names
 from hwprune.base.errors import ConfigError
+from hwprune.groups.segments import Entry, Layout, Segment, conv_or_linear, macs_per_out_channel, mro_names
 from hwprune.profiles import HardwareProfile, LayerRule, match_rule
 
 __all__ = ["resolve_rules", "add_layer_groups", "add_mask_groups", "add_nm_groups"]
@@ -36,8 +36,8 @@ def resolve_rules(model: nn.Module, profile: HardwareProfile, phase: str) -> dic
     records = [(name, mro_names(m)) for name, m in model.named_modules() if name]
     for rule in profile.rules_for_phase(phase):
         if not rule.optional and not any(rule.matches(n, t) for n, t in records):
-            raise ConfigError(f"profile '{profile.name}': {phase} rule {rule.match!r} ({rule.granularity.kind}) matches "
-                              f"no module of {type(model).__name__}; fix the match or set optional: true")
+            raise ConfigError(f"profile '{profile.name}': {phase} rule {rule.match!r} ({rule.granularity.kind}) "
+                              f"matches no module of {type(model).__name__}; fix the match or set optional: true")
     return {name: match_rule(profile, phase, name, types) for name, types in records}
 
 
@@ -63,7 +63,8 @@ def add_layer_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], la
             raise ConfigError(f"module '{name}' ({type(m).__name__}) matched layer rule {rule.match!r} but is not a "
                               "residual block (needs attributes branch, shortcut, act); match residual blocks only")
         if name in claimed:
-            raise ConfigError(f"layer rule {rule.match!r}: block '{name}' is nested inside another layer-grouped branch")
+            raise ConfigError(f"layer rule {rule.match!r}: block '{name}' is nested inside another layer-grouped "
+                              "branch")
         if m.branch is None:
             layout.dense.append({"layer": name, "reason": "branch already removed"})
             continue

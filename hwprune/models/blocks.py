@@ -34,7 +34,8 @@ class ResidualBlock(nn.Module):
         self.shortcut: nn.Module = shortcut if shortcut is not None else nn.Identity()
         self.act: nn.Module = act if act is not None else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """``act(shortcut(x) + branch(x))`` (``act(shortcut(x))`` once the branch is removed)."""
         if self.branch is None:
             return self.act(self.shortcut(x))
         return self.act(self.shortcut(x) + self.branch(x))

@@ -42,7 +42,8 @@ class MLP(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(prev, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         return self.fc(self.features(x))
 
 
@@ -75,7 +76,8 @@ class LeNet5(nn.Module):
         self.relu = nn.ReLU()
         self.fc = nn.Linear(84, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         x = self.flatten(self.features(x))
         return self.fc(self.relu(self.fc2(self.relu(self.fc1(x)))))
 
@@ -100,7 +102,8 @@ class DigitsCNN(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c2, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 
@@ -133,7 +136,8 @@ class VGG(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(cin, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 

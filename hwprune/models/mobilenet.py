@@ -44,7 +44,8 @@ class InvertedResidual(nn.Module):
         super().__init__()
         self.conv = _branch(in_ch, out_ch, stride, expand)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block to (N, C, H, W) features."""
         return self.conv(x)
 
 
@@ -92,7 +93,8 @@ class MobileNetV2(nn.Module):
         self.fc = nn.Linear(head_ch, num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         return self.fc(self.flatten(self.pool(self.features(x))))
 
 

@@ -42,7 +42,8 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) images -> (N, num_classes) logits."""
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fc(self.flatten(self.pool(x)))
 

@@ -36,8 +36,8 @@ from hwprune.groups import GroupSet
 from hwprune.runtime.latency import LatencyTable, TimeFn
 
 if TYPE_CHECKING:
-    from hwprune.training.config import TrainJobConfig
     from hwprune.pipeline.steps import PipelineOptions
+    from hwprune.training.config import TrainJobConfig
 
 __all__ = ["LatencyPredictor", "latency_group_costs", "choose_k_for_budget", "parse_budget", "run_with_budget",
            "MIN_WEIGHT_FRAC", "LOOKAHEAD", "BUDGET_TOL"]
@@ -179,7 +179,8 @@ def choose_k_for_budget(gs: GroupSet, table: LatencyTable, budget_ms: float, *, 
     protected); ties go to the lower scope index. Never fewer than 1 group per scope.
 
     Args:
-        gs: structured GroupSet of the dense model; table: its ``LatencyTable``.
+        gs: structured GroupSet of the dense model.
+        table: the model's ``LatencyTable``.
         budget_ms: target latency in ms (same units as ``dense_ms`` when given, else as the table sum).
         dense_ms: measured dense latency; predictions are calibrated to it.
         importance: optional per-scope multipliers (S,) > 0.
@@ -271,12 +272,12 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
     scaled by predicted/measured once and the pipeline re-run (re-using the dense model). Writes
     ``RUN_DIR/latency_table.{json,csv}`` and ``RUN_DIR/latency_budget.json``; returns the latter.
     """
+    from hwprune.base.files import atomic_write_json
+    from hwprune.groups import build_groups
+    from hwprune.pipeline.steps import PipelineOptions, bench_spec_for, run
     from hwprune.runtime.bench import measure
     from hwprune.runtime.export import to_onnx
-    from hwprune.groups import build_groups
     from hwprune.runtime.latency import build_latency_table, default_cache_path, table_bench_spec
-    from hwprune.base.files import atomic_write_json
-    from hwprune.pipeline.steps import PipelineOptions, bench_spec_for, run
     from hwprune.training.job import data_and_model, resolve_profile
 
     opts = opts or PipelineOptions()

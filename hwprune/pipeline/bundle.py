@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hwprune.base.optional import import_optional
 from hwprune.base.errors import ConfigError, DataError, NumericalMismatchError
-from hwprune.training.config import TrainJobConfig, load_run_config
 from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.base.optional import import_optional
+from hwprune.training.config import TrainJobConfig, load_run_config
 
 if TYPE_CHECKING:
     from hwprune.profiles import BenchSpec
@@ -203,6 +203,7 @@ def make_bundle(run_dir: Path, out_dir: Path, *, int8: bool = False, calib_sampl
         int8: also add an ORT static int8 model (QDQ, per-channel) with its test accuracy and latency.
         calib_samples: training images used for int8 calibration.
         bench_spec: timing settings for the int8 comparison (default: the run's CPU profile bench).
+        overwrite: replace a non-empty ``out_dir`` (the old bundle is removed only after the new one is complete).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / MODEL).is_file():

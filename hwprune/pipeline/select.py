@@ -82,9 +82,9 @@ def measure_profiles(
     """
     import torch
 
+    from hwprune.models import count_params_and_macs, create_model
     from hwprune.runtime.bench import measure
     from hwprune.runtime.export import to_onnx
-    from hwprune.models import count_params_and_macs, create_model
 
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")

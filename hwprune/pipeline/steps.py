@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from hwprune.base.errors import ConfigError, DataError, MissingBackendError
-from hwprune.training.config import TrainJobConfig, load_run_config
 from hwprune.base.files import atomic_write_json
-from hwprune.surgery.modelio import load_model, load_run_model, save_model
 from hwprune.profiles import BenchSpec, HardwareProfile, load_profile
+from hwprune.surgery.modelio import load_model, load_run_model, save_model
+from hwprune.training.config import TrainJobConfig, load_run_config
 
 __all__ = ["PipelineOptions", "run", "sweep", "step_train", "step_prune", "step_nm", "step_export", "step_bench",
            "step_report", "run_profile"]
@@ -244,8 +244,8 @@ def run(cfg: TrainJobConfig, run_dir: Path, *, opts: PipelineOptions = PipelineO
 def sweep(cfg: TrainJobConfig, sparsities: list[float], run_dir: Path, *, opts: PipelineOptions = PipelineOptions(),
           progress: bool | None = None) -> dict[str, Any]:
     """Run ``run`` for each sparsity into ``run_dir/s<value>``; the dense model is trained once."""
-    from hwprune.report.plots import plot_pareto
     from hwprune.report.build import pareto_points
+    from hwprune.report.plots import plot_pareto
 
     if not sparsities:
         raise ConfigError("sweep needs at least one sparsity")

@@ -141,8 +141,9 @@ def facts_from_cpuinfo(text: str, machine: str, *, cores: int = 1,
             flags.add("asimd")
         if "asimd" in flags:
             flags.add("neon")
-    return MachineFacts(cpu_vendor=vendor or "unknown", cpu_model=model or fallback_model or machine or "unknown", arch=arch,
-                        isa=frozenset(flags), cores=max(1, int(cores)), gpus=tuple((str(n), str(c)) for n, c in gpus))
+    return MachineFacts(cpu_vendor=vendor or "unknown", cpu_model=model or fallback_model or machine or "unknown",
+                        arch=arch, isa=frozenset(flags), cores=max(1, int(cores)),
+                        gpus=tuple((str(n), str(c)) for n, c in gpus))
 
 
 def _detect_gpus() -> tuple[tuple[str, str], ...]:
@@ -216,7 +217,8 @@ def match_profile(profile: HardwareProfile, facts: MachineFacts) -> ProfileMatch
     if _is_generic(profile):
         bonus = 1.0 if _removable(profile) else 0.0
         reasons = [f"generic cpu profile: matches any machine (+{GENERIC_SCORE:g})"]
-        reasons.append("groups are removable by surgery (+1)" if bonus else "some groups are masks/kernel shapes, not removable (+0)")
+        reasons.append("groups are removable by surgery (+1)" if bonus
+                       else "some groups are masks/kernel shapes, not removable (+0)")
         return ProfileMatch(profile.name, GENERIC_SCORE + bonus, True, reasons)
     reasons: list[str] = []
     ok = True

@@ -91,7 +91,6 @@ def parse_profile(data: Any, source: str = "<dict>") -> HardwareProfile:
     Raises:
         ConfigError: one line ``<source>: <field path>: <problem>`` for the first problem found.
     """
-
     ctx = _Ctx(source)
     d = ctx.mapping(data, "", "a mapping at the top level")
     if "schema_version" not in d:

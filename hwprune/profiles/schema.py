@@ -11,10 +11,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 from hwprune.base.errors import ConfigError
-from hwprune.profiles.checks import FieldError, as_tuple, check_bool, check_choice, check_int, check_str, describe, suggest
+from hwprune.profiles.checks import (
+    FieldError,
+    as_tuple,
+    check_bool,
+    check_choice,
+    check_int,
+    check_str,
+    describe,
+    suggest,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -110,8 +119,8 @@ class NoGranularity:
     phase: ClassVar[str] = "any"
 
 
-Granularity = Union[UnstructuredGranularity, ChannelGranularity, ChannelBlockGranularity,
-                    KernelShapeGranularity, LayerGranularity, NMGranularity, NoGranularity]
+Granularity = (UnstructuredGranularity | ChannelGranularity | ChannelBlockGranularity | KernelShapeGranularity
+               | LayerGranularity | NMGranularity | NoGranularity)
 GRANULARITY_TYPES: dict[str, type] = {cls.kind: cls for cls in (
     UnstructuredGranularity, ChannelGranularity, ChannelBlockGranularity, KernelShapeGranularity,
     LayerGranularity, NMGranularity, NoGranularity)}

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from hwprune.base.errors import DataError
-from hwprune.surgery.modelio import load_model, load_run_model
 from hwprune.models.complexity import count_params_and_macs
 from hwprune.report.render import REPORT_SCHEMA_VERSION
+from hwprune.surgery.modelio import load_model, load_run_model
 
 __all__ = ["build_report", "pareto_points"]
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.base.optional import import_optional
 from hwprune.base.errors import DataError
 from hwprune.base.files import atomic_path
+from hwprune.base.optional import import_optional
 
 __all__ = ["read_log", "plot_training", "plot_widths", "plot_pareto", "pareto_front", "plot_latency_table", "DPI"]
 
@@ -163,7 +163,7 @@ def plot_latency_table(table: Any, path: Path) -> Path:
         if len(curve.widths) > 1:
             ax.plot(curve.widths, curve.ms, marker="o", ms=3, lw=1, label=name)
     ax.set_xlabel("output channels")
-    ax.set_ylabel("latency (ms, batch %s)" % table.meta.get("batch", 1))
+    ax.set_ylabel("latency (ms, batch {})".format(table.meta.get("batch", 1)))
     ax.set_title(f"per-layer latency ({table.meta.get('backend')}/{table.meta.get('provider')})")
     if len(ax.get_lines()) <= 16:
         ax.legend(fontsize=6, ncol=2)

@@ -251,7 +251,8 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     for col in ("metric", "dense", "pruned", "ratio"):
         t.add_column(col, justify="right" if col != "metric" else "left")
     t.add_row("accuracy", f"{r['accuracy']['dense']:.4f}", f"{r['accuracy']['pruned']:.4f}", "")
-    t.add_row("params", _f(r["params"]["dense"], ","), _f(r["params"]["pruned"], ","), _f(r.get("param_reduction"), ".2f"))
+    t.add_row("params", _f(r["params"]["dense"], ","), _f(r["params"]["pruned"], ","),
+              _f(r.get("param_reduction"), ".2f"))
     t.add_row("MACs", _f(r["macs"]["dense"], ","), _f(r["macs"]["pruned"], ","), _f(r.get("mac_reduction"), ".2f"))
     for s in r.get("speedup", []):
         t.add_row(f"latency b={s['batch']} (ms)", _f(s["dense_median_ms"]), _f(s["pruned_median_ms"]),

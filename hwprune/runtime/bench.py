@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hwprune.base.optional import import_optional
 from hwprune.base.errors import (
     ConfigError,
     DataError,
@@ -34,6 +33,7 @@ from hwprune.base.errors import (
     MissingBackendError,
     NumericalMismatchError,
 )
+from hwprune.base.optional import import_optional
 
 if TYPE_CHECKING:
     from hwprune.profiles import BenchSpec

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.base.optional import import_optional
 from hwprune.base.errors import ConfigError, NumericalMismatchError
 from hwprune.base.files import atomic_path, atomic_write_json
+from hwprune.base.optional import import_optional
 
 __all__ = ["ATOL", "RTOL", "MIN_OPSET", "ExportConfig", "ExportReport", "NMReport", "OutputShapeMismatch",
            "ToleranceExceeded", "to_onnx", "validate_onnx", "export_and_validate", "check_nm_pattern"]

@@ -278,8 +278,10 @@ class LatencyTable:
 
 
 def width_grid(full: int, block: int, max_points: int = 8) -> tuple[int, ...]:
-    """Widths to measure: multiples of ``block`` up to ``full`` (and ``full``), at most ``max_points``
-    of them, evenly sampled and always including the smallest and the full width."""
+    """Widths to measure: multiples of ``block`` up to ``full`` (and ``full``), at most ``max_points``.
+
+    Evenly sampled; always includes the smallest and the full width.
+    """
     if full < 1 or block < 1 or max_points < 2:
         raise ConfigError(f"width grid needs full >= 1, block >= 1, max_points >= 2; got {full}, {block}, {max_points}")
     cands = sorted({*range(block, full + 1, block), full})
@@ -315,7 +317,8 @@ def build_latency_table(model: nn.Module, profile: HardwareProfile, example_inpu
     """Time every conv/linear of ``model`` at several output widths (see module docstring).
 
     Args:
-        model: the dense network; example_inputs: one (1, C, H, W) batch for recording input shapes.
+        model: the dense network.
+        example_inputs: one (1, C, H, W) batch for recording input shapes.
         profile: gives the group blocks (width grid) and, unless ``bench`` is given, the bench settings.
         bench: timing settings (default ``table_bench_spec(profile.bench, batch)``).
         batch: batch size of every timing.

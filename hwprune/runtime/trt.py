@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwprune.base.optional import import_optional
 from hwprune.base.errors import ConfigError, HwpruneError
 from hwprune.base.files import atomic_write_bytes, atomic_write_text
+from hwprune.base.optional import import_optional
 
 __all__ = ["BuildInfo", "EngineBuildError", "build_engine", "parse_sparsity_log", "time_engine", "PRECISIONS"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from hwprune.runtime.bench import run_request
 from hwprune.base.errors import HwpruneError
+from hwprune.runtime.bench import run_request
 
 __all__ = ["main"]
 

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hwprune.sparsity import wgsef
 from hwprune.groups import GroupSet
+from hwprune.sparsity import wgsef
 
 __all__ = ["ProxSGD", "project_to_k_", "k_per_scope", "scope_report", "layer_ids"]
 
@@ -185,7 +185,8 @@ class ProxSGD(torch.optim.Optimizer):
         self._layers = layer_ids(groupset)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+    def state_dict(self) -> dict[str, Any]:
+        """The SGD state plus the frozen mask, step count, k and lambda (key ``hwprune``)."""
         sd = super().state_dict()
         sd["hwprune"] = {
             "frozen": self.frozen.clone(),
@@ -195,7 +196,8 @@ class ProxSGD(torch.optim.Optimizer):
         }
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a frozen mask of another GroupSet's shape is a ValueError."""
         state_dict = dict(state_dict)
         extra = state_dict.pop("hwprune", None)
         super().load_state_dict(state_dict)
@@ -250,7 +252,8 @@ class ProxSGD(torch.optim.Optimizer):
             self.groupset.apply_mask_(bufs, ~self.frozen)
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def step(self, closure=None):
+        """SGD (momentum) step, then the WGSEF prox per scope and, after ``hs_start``, half-space zeroing."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -50,7 +50,10 @@ def row_prox_l21(T_norms: Tensor, lam: float | Tensor, rho: float) -> Tensor:
     """Group soft threshold: scale ``max(||T|| - lam/rho, 0) / ||T||`` (0 for a zero row).
 
     Args:
-        T_norms: (G,) group norms ``||T_g||`` (>= 0). lam: scalar or (G,) lambda per group. rho: > 0.
+        T_norms: (G,) group norms ``||T_g||`` (>= 0).
+        lam: scalar or (G,) lambda per group.
+        rho: the augmented-Lagrangian penalty, > 0.
+
     Returns:
         (G,) float64 scales in [0, 1); ``prox(T)_g = T_g * scale_g``.
     """
@@ -178,7 +181,10 @@ def calibrate_multipliers(gs: GroupSet, ratio: Tensor, k: Tensor) -> Tensor:
     k groups can survive, ``c = 0``. Compare with ``survive_mask`` to get the same decision.
 
     Args:
-        gs: the GroupSet (scopes). ratio: (G,) survivor ratios, >= 0 (``inf`` allowed). k: (S,) budgets.
+        gs: the GroupSet (scopes).
+        ratio: (G,) survivor ratios, >= 0 (``inf`` allowed).
+        k: (S,) budgets.
+
     Returns:
         (S,) float64 multipliers.
     """

@@ -54,7 +54,7 @@ def _check_method(method: str) -> str:
 
 
 def _batch_k(k: int | Tensor, batch: int | None) -> Tensor:
-    """k as a float64 tensor of shape (B,) (B = 1 for an unbatched call)."""
+    """K as a float64 tensor of shape (B,) (B = 1 for an unbatched call)."""
     kt = torch.as_tensor(k, dtype=torch.float64).detach().cpu()
     n = 1 if batch is None else batch
     if kt.dim() == 0 or (kt.dim() == 1 and kt.numel() == 1):
@@ -94,7 +94,7 @@ def _batch_norms(norms: Tensor, weights: Tensor | None, k: int | Tensor) -> tupl
 
 # ----------------------------------------------------------------------------- root finders
 def _u_from_bracket(z: Tensor, c: Tensor, eta: Tensor, lo: Tensor, hi: Tensor, active: Tensor) -> Tensor:
-    """u = clip(z eta - c, 0, 1), snapped to exact 0 / 1 for groups whose breakpoints bracket [lo, hi]."""
+    """U = clip(z eta - c, 0, 1), snapped to exact 0 / 1 for groups whose breakpoints bracket [lo, hi]."""
     zs = torch.where(active, z, 1.0)
     u = (z * eta[:, None] - c).clamp_(0.0, 1.0)
     u = torch.where((c + 1) / zs <= lo[:, None], 1.0, u)
@@ -102,7 +102,7 @@ def _u_from_bracket(z: Tensor, c: Tensor, eta: Tensor, lo: Tensor, hi: Tensor, a
 
 
 def _solve_sort(z: Tensor, c: Tensor, k: Tensor, active: Tensor) -> Tensor:
-    """u for rows with more than k active groups: sort 2m events, prefix sums, exact segment (§4.1)."""
+    """U for rows with more than k active groups: sort 2m events, prefix sums, exact segment (§4.1)."""
     zs = torch.where(active, z, 1.0)
     lpos = torch.where(active, c / zs, math.inf)
     rpos = torch.where(active, (c + 1) / zs, math.inf)
@@ -137,7 +137,7 @@ def _compact(keep: Tensor, *arrays: Tensor) -> tuple[Tensor, ...]:
 
 
 def _solve_select(z: Tensor, c: Tensor, k: Tensor, active: Tensor) -> Tensor:
-    """u by randomised selection on the breakpoints (§4.2), vectorised over rows, saturated groups counted."""
+    """U by randomised selection on the breakpoints (§4.2), vectorised over rows, saturated groups counted."""
     bsz = z.shape[0]
     zs = torch.where(active, z, 1.0)
     lpos, rpos = c / zs, (c + 1) / zs
@@ -173,7 +173,7 @@ def _solve_select(z: Tensor, c: Tensor, k: Tensor, active: Tensor) -> Tensor:
 
 
 def _solve_u(z: Tensor, c: Tensor, k: Tensor, method: str) -> Tensor:
-    """u (B, m) float64 for weighted norms z, offsets c = lam d, budgets k; zero groups get u = 0."""
+    """U (B, m) float64 for weighted norms z, offsets c = lam d, budgets k; zero groups get u = 0."""
     active = z >= ZERO_NORM
     ridge = active.sum(-1) <= k
     u = active.to(torch.float64)

@@ -139,12 +139,12 @@ def check_equivalence(
         candidate.train(was[1])
     bad = [r for r in records if not r["ok"]]
     if bad:
-        lines = "; ".join(
-            f"input {r['input']} output {r['output']}: " + (
-                f"max_abs={r['max_abs']:.3g} max_rel={r['max_rel']:.3g}" if "max_abs" in r else str(r.get("shape") or r.get("error"))
-            )
-            for r in bad
-        )
+        def what(r: dict[str, Any]) -> str:
+            if "max_abs" in r:
+                return f"max_abs={r['max_abs']:.3g} max_rel={r['max_rel']:.3g}"
+            return str(r.get("shape") or r.get("error"))
+
+        lines = "; ".join(f"input {r['input']} output {r['output']}: {what(r)}" for r in bad)
         raise SurgeryEquivalenceError(
             f"compact model differs from the masked model (atol={atol}, rtol={rtol}) in {len(bad)} output(s): {lines}",
             bad,
@@ -212,7 +212,8 @@ def _zero_plan(groupset: GroupSet, tol: float) -> tuple[dict[str, list[int]], li
 def _versions() -> dict[str, str]:
     import hwprune
 
-    return {"hwprune": hwprune.__version__, "torch": torch.__version__, "torch_pruning": getattr(tp, "__version__", "?")}
+    return {"hwprune": hwprune.__version__, "torch": torch.__version__,
+            "torch_pruning": getattr(tp, "__version__", "?")}
 
 
 def _width_report(before: dict[str, int], after: dict[str, int], blocks: dict[str, int]) -> list[dict[str, Any]]:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.training import distributed as ddp
-from hwprune.training.distributed import unwrap
 from hwprune.base.errors import DataError
 from hwprune.base.files import atomic_path, atomic_write_text
+from hwprune.training import distributed as ddp
+from hwprune.training.distributed import unwrap
 
 __all__ = [
     "CHECKPOINT_FORMAT",

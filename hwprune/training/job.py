@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,19 @@ import torch
 import yaml
 from torch import nn
 
-from hwprune.data import load_dataset
 from hwprune.base.errors import ConfigError
+from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.data import load_dataset
 from hwprune.groups import GroupSet, build_groups
-from hwprune.training.config import TrainJobConfig
+from hwprune.models import create_model
+from hwprune.profiles import HardwareProfile, load_profile, profile_to_dict
 from hwprune.sparsity.methods import MethodConfig, get_method
 from hwprune.sparsity.methods.wgsef_method import GroupCountLogger
-from hwprune.base.files import atomic_write_json, atomic_write_text
-from hwprune.surgery.modelio import load_model, save_model
-from hwprune.models import create_model
 from hwprune.sparsity.proxsgd import ProxSGD, project_to_k_, scope_report
-from hwprune.profiles import HardwareProfile, load_profile, profile_to_dict
-from hwprune.training.loop import TrainConfig, evaluate, fit
+from hwprune.surgery.modelio import load_model, save_model
+from hwprune.training.config import TrainJobConfig
+from hwprune.training.loop import evaluate, fit
+from hwprune.training.schedule import TrainConfig
 
 __all__ = ["run_train_job", "resolve_profile", "data_and_model", "load_job_data", "TrainJobResult"]
 
@@ -82,8 +83,11 @@ def resolve_profile(name: str) -> HardwareProfile:
 
 def _train_cfg(cfg: TrainJobConfig, epochs: int, lr: float, progress: bool | None,
                schedule: str = "cosine") -> TrainConfig:
-    """TrainConfig of one phase (cosine lr by default; a constant-lr sparse phase was measured and not
-    adopted: on digits it oscillated without reaching k sooner)."""
+    """TrainConfig of one phase.
+
+    Cosine lr by default; a constant-lr sparse phase was measured and not adopted (on digits it
+    oscillated without reaching k sooner).
+    """
     return TrainConfig(epochs=max(1, epochs), batch_size=cfg.batch_size, lr=lr, momentum=cfg.momentum,
                        weight_decay=cfg.weight_decay, seed=cfg.seed, lr_schedule=schedule, device=cfg.device,
                        progress=progress)

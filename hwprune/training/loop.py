@@ -13,144 +13,44 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from hwprune.base.errors import ConfigError
 from hwprune.training import distributed as ddp
-from hwprune.training.checkpoint import append_log_record, capture_rng_state, resume_from, save_checkpoint, to_plain, trim_log
-from hwprune.base.errors import ConfigError, HwpruneError
+from hwprune.training.checkpoint import (
+    append_log_record,
+    capture_rng_state,
+    resume_from,
+    save_checkpoint,
+    to_plain,
+    trim_log,
+)
+from hwprune.training.schedule import (
+    NonFiniteLossError,
+    TrainConfig,
+    TrainHistory,
+    epoch_seed,
+    make_scheduler,
+    seed_everything,
+)
 
-__all__ = [
-    "TrainConfig", "TrainHistory", "NonFiniteLossError", "seed_everything", "make_scheduler",
-    "evaluate", "train_one_epoch", "fit",
-]
+__all__ = ["evaluate", "train_one_epoch", "fit"]
 
 _LOG = logging.getLogger(__name__)
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Data = DataLoader | Dataset
 CHECKPOINT_NAME = "last.pt"
-
-
-class NonFiniteLossError(HwpruneError):
-    """The training loss became NaN/Inf; the run stops and the last checkpoint is left untouched."""
-
-    def __init__(self, phase: str, epoch: int, step: int, value: float) -> None:
-        super().__init__(
-            f"non-finite loss {value} in phase '{phase}' at epoch {epoch}, step {step}; "
-            "lower the learning rate or the penalty, or enable grad_clip"
-        )
-        self.phase, self.epoch, self.step, self.value = phase, epoch, step, value
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters (``batch_size`` is per process under DDP; ``lr`` etc. are used
-    only when ``fit`` builds the SGD optimiser itself, i.e. ``optimizer=None``)."""
-
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    seed: int = 0
-    lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: int = 0
-    log_every: int = 50  # steps between progress updates (0 = only per epoch)
-    num_workers: int = 0
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    progress: bool | None = None  # None: show bars only when stderr is a terminal
-    grad_clip: float | None = None  # max global grad norm, None = off
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in ("cosine", "step", "constant"):
-            raise ConfigError(f"lr_schedule '{self.lr_schedule}' unknown; choose cosine, step or constant")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ConfigError(f"device '{self.device}' unknown; choose cpu, cuda or auto")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_epochs", "log_every", "num_workers", "lr", "momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-
-
-@dataclass
-class TrainHistory:
-    """Per-epoch records of one ``fit`` phase (the same dicts as the JSON-lines log)."""
-
-    phase: str
-    records: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from: int | None = None  # epoch of the checkpoint the run resumed from
-
-    @property
-    def last(self) -> dict[str, Any] | None:
-        """The last epoch's record, or None before any epoch finished."""
-        return self.records[-1] if self.records else None
-
-    def column(self, key: str) -> list[Any]:
-        """Values of ``key`` over epochs (None where an epoch lacks it)."""
-        return [r.get(key) for r in self.records]
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python ``random``, NumPy and torch (CPU and CUDA); return a CPU generator with ``seed``
-    for DataLoader shuffling."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
-
-
-class _LRFactor:
-    """Per-step LR multiplier; its ``__dict__`` (plain values) is what LambdaLR checkpoints."""
-
-    def __init__(self, kind: str, total_steps: int, warmup_steps: int, milestones: list[int]) -> None:
-        self.kind, self.total_steps, self.warmup_steps, self.milestones = kind, total_steps, warmup_steps, milestones
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        if self.kind == "cosine":
-            t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-            return 0.5 * (1.0 + math.cos(math.pi * t))
-        if self.kind == "step":
-            return 0.1 ** sum(step >= m for m in self.milestones)
-        return 1.0
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
-    """Per-step LambdaLR: linear warm-up over ``warmup_epochs``, then ``cfg.lr_schedule``.
-
-    cosine: half cosine from the base LR to 0 over the remaining steps; step: x0.1 at 50 % and
-    75 % of the epochs; constant: the base LR. Step it once per optimiser step.
-    """
-    if steps_per_epoch < 1:
-        raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    milestones = [int(cfg.epochs * f) * steps_per_epoch for f in (0.5, 0.75)]
-    factor = _LRFactor(cfg.lr_schedule, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, milestones)
-    return LambdaLR(optimizer, lr_lambda=factor)
 
 
 def _to_device(x: Any, device: torch.device) -> Any:
@@ -326,9 +226,12 @@ def fit(
     """Train ``model`` in place for ``cfg.epochs`` epochs and return the per-epoch history.
 
     Args:
+        model: the network (trained in place; may be DDP-wrapped).
         train_data: a DataLoader, or a Dataset yielding (input, label) shuffled with cfg's seed.
+        cfg: epochs, batch size, schedule, seed and device.
         optimizer: any optimiser over the model's parameters; None builds SGD from cfg.
         scheduler: stepped once per optimiser step; None builds ``make_scheduler(...)``.
+        eval_data: evaluated after every epoch (accuracy and loss in the record); None: no evaluation.
         extra_loss: ``extra_loss(model) -> scalar`` added to the loss (the unwrapped model).
         callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
             ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
@@ -336,6 +239,9 @@ def fit(
         log_path: JSON-lines log, one record per epoch, appended and flushed per line.
         checkpoint_dir: ``last.pt`` is written there (atomically) after every epoch.
         resume: continue from ``checkpoint_dir/last.pt`` if it exists and has the same ``phase``.
+        phase: name of this phase in the log and the checkpoint (``dense``, ``sparse``, ...).
+        loss_fn: ``loss_fn(logits, labels) -> scalar``; None: cross-entropy.
+
     Raises:
         NonFiniteLossError: NaN/Inf loss; the last checkpoint stays as it was.
     """
@@ -344,7 +250,7 @@ def fit(
     device = _resolve_device(cfg.device)
     ddp.setup_distributed(device)
     rank, main = ddp.get_rank(), ddp.is_main_process()
-    generator = seed_everything(_epoch_seed(cfg.seed, 0, rank))
+    generator = seed_everything(epoch_seed(cfg.seed, 0, rank))
     model.to(device)
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -364,10 +270,10 @@ def fit(
     show = main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
     step = start_epoch * len(loader)
     for epoch in range(start_epoch, cfg.epochs):
-        epoch_seed = _epoch_seed(cfg.seed, epoch, rank)
-        seed_everything(epoch_seed)
+        seed_e = epoch_seed(cfg.seed, epoch, rank)
+        seed_everything(seed_e)
         for gen in {id(g): g for g in (generator, loader.generator) if g is not None}.values():
-            gen.manual_seed(epoch_seed)  # ours and, if different, a caller's loader generator
+            gen.manual_seed(seed_e)  # ours and, if different, a caller's loader generator
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()

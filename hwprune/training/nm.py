@@ -16,16 +16,17 @@ from torch import nn
 
 from hwprune.base.errors import NumericalMismatchError
 from hwprune.groups import GroupSet, build_groups
-from hwprune.training.config import TrainJobConfig
-from hwprune.sparsity.proxsgd import ProxSGD, project_to_k_
 from hwprune.profiles import HardwareProfile
-from hwprune.training.loop import TrainConfig, evaluate, fit
+from hwprune.sparsity.proxsgd import ProxSGD, project_to_k_
+from hwprune.training.config import TrainJobConfig
+from hwprune.training.loop import evaluate, fit
+from hwprune.training.schedule import TrainConfig
 
 __all__ = ["run_nm_phase", "nm_budget", "check_nm_masks", "onnx_nm_weight_names"]
 
 
 def nm_budget(groupset: GroupSet) -> torch.Tensor:
-    """k per scope (= N of the block's N:M pattern), shape (S,)."""
+    """K per scope (= N of the block's N:M pattern), shape (S,)."""
     k = getattr(groupset, "scope_k", None)
     if k is not None:
         return torch.as_tensor(k, dtype=torch.long)

@@ -24,7 +24,8 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # repo root: hwprune, tests.* factories
 
 from hwprune.training.distributed import get_rank, shutdown_distributed  # noqa: E402
-from hwprune.training.loop import TrainConfig, fit  # noqa: E402
+from hwprune.training.loop import fit  # noqa: E402
+from hwprune.training.schedule import TrainConfig  # noqa: E402
 
 
 def tiny_net() -> nn.Module:

@@ -51,7 +51,8 @@ class GroupLassoSGD(torch.optim.SGD):
         self._lam_g = self.lam * groupset.weights.sqrt()
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D102
+    def step(self, closure: Any = None) -> Any:
+        """SGD step on the loss, then the group soft threshold ``lr * lam * sqrt(d_g)`` on every group."""
         loss = super().step(closure)
         lr = float(self.param_groups[0]["lr"])
         if lr > 0 and self.lam > 0:
@@ -66,7 +67,8 @@ class GroupLassoSGD(torch.optim.SGD):
 class _PenaltyLogger(GroupCountLogger):
     """Nonzero groups per scope plus the group-lasso value."""
 
-    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Nonzero groups and the group-lasso penalty, merged into the epoch record."""
         out = super().on_epoch_end(epoch, record)
         if isinstance(self.optimizer, GroupLassoSGD):
             out["penalty"] = float(self.optimizer.penalty())
@@ -82,7 +84,8 @@ class GroupLassoMethod(SparseMethod):
 
     def prepare(
         self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, cfg: MethodConfig, *, total_steps: int
-    ) -> SparsePhase:  # noqa: D102
+    ) -> SparsePhase:
+        """Group-lasso prox-SGD over the groups (no half-space step; the runner's top-k finishes)."""
         if cfg.extra:
             raise ConfigError(f"group-lasso takes no method options, got {sorted(cfg.extra)}")
         opt = GroupLassoSGD(model, groupset, lr=cfg.lr, lam=cfg.lam, momentum=cfg.momentum,

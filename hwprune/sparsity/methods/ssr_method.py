@@ -132,7 +132,8 @@ class AULMDriver:
         if bufs:
             gs.apply_mask_(bufs, ~self.dead)
 
-    def on_step_end(self, step: int, epoch: int) -> None:  # noqa: D102
+    def on_step_end(self, step: int, epoch: int) -> None:
+        """Run the F/Y (ADMM) updates every ``inner_steps`` SGD steps; switch scopes in layerwise mode."""
         nxt = step + 1
         self._zero_dead()
         if self.layerwise and self.stage + 1 < len(self.bounds) - 1 and nxt >= self.bounds[self.stage + 1]:
@@ -147,7 +148,8 @@ class AULMDriver:
         if nxt < self.total_steps and (nxt - start) % self.inner == 0:
             self._admm(nxt)
 
-    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        """ADMM iterations, residual and zero F rows, merged into the epoch record."""
         out: dict[str, Any] = {"aulm_iterations": self.state.iterations,
                                "aulm_zero_rows": self.state.zero_rows_per_scope(),
                                "aulm_residual": self.state.residual()}
@@ -175,7 +177,8 @@ class _SsrMethod(SparseMethod):
 
     def prepare(
         self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, cfg: MethodConfig, *, total_steps: int
-    ) -> SparsePhase:  # noqa: D102
+    ) -> SparsePhase:
+        """SGD on loss + the AULM penalty, with the ADMM driver as a step callback."""
         acfg = _aulm_config(self.variant, groupset, cfg)
         opt = _sgd(model, groupset, cfg)
         state = AULMState(model, groupset, acfg)

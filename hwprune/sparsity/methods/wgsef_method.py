@@ -21,10 +21,12 @@ class GroupCountLogger:
         self.groupset = groupset
         self.optimizer = optimizer
 
-    def on_step_end(self, step: int, epoch: int) -> None:  # noqa: D102
+    def on_step_end(self, step: int, epoch: int) -> None:
+        """Nothing per step (the counts are taken per epoch)."""
         return None
 
-    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Nonzero groups (total and per scope), frozen groups and the penalty, merged into the epoch record."""
         nz = self.groupset.nonzero_per_scope()
         out: dict[str, Any] = {"nonzero_groups": int(nz.sum()), "nonzero_per_scope": nz.tolist()}
         if isinstance(self.optimizer, ProxSGD):
@@ -47,7 +49,8 @@ class WgsefMethod(SparseMethod):
 
     def prepare(
         self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, cfg: MethodConfig, *, total_steps: int
-    ) -> SparsePhase:  # noqa: D102
+    ) -> SparsePhase:
+        """ProxSGD with the WGSEF prox, half-space zeroing from ``hs_frac`` of the phase."""
         opt = ProxSGD(
             model,
             groupset,
