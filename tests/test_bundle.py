@@ -9,13 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from click.testing import CliRunner
 from torch import nn
 
 from hwprune.base.errors import ConfigError, DataError, NumericalMismatchError
 from hwprune.pipeline.bundle import MANIFEST, PARITY_IN, make_bundle, sha256_file, verify_bundle
-from hwprune.profiles import BenchSpec
+from hwprune.profiles import BenchSpec, load_profile
+from hwprune.training.artifacts import ByStage, GroupCounts, SplitSizes, SurgerySummary, TrainMetrics
+from hwprune.training.config import TrainJobConfig
+from hwprune.training.runconfig import RunConfig
+from hwprune.training.rundir import RunDir
 
 SIZE = 8  # synthetic images 3 x 8 x 8
 
@@ -26,17 +29,31 @@ def run_dir(tmp_path: Path) -> Path:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 10)).eval()
     rd = tmp_path / "run"
-    rd.mkdir()
+    job = TrainJobConfig(model="tiny", data="synthetic", image_size=SIZE, profile="generic-channel")
+    run = RunDir.create(rd, RunConfig(train=job, profile="generic-channel"), load_profile("generic-channel"),
+                        fresh=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), str(rd / "model.onnx"), input_names=["input"],
+        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), str(run.onnx_path("final")), input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
-    (rd / "config.yaml").write_text(yaml.safe_dump({"model": "tiny", "data": "synthetic", "image_size": SIZE,
-                                                    "seed": 0, "profile": "generic-channel"}))
-    (rd / "metrics.json").write_text(json.dumps({"accuracy": {"dense": 0.5, "sparse": 0.4375}}))
-    (rd / "surgery_plan.json").write_text(json.dumps({"version": 1, "steps": [], "widths": []}))
+    run.write_metrics(_metrics(run))
+    run.write_surgery({"version": 1, "steps": [], "widths": []},
+                      SurgerySummary(params={"sparse": 1, "pruned": 1}, macs={"sparse": 1, "pruned": 1},
+                                     val_accuracy={"sparse": None, "pruned": None}, removed_channels=0,
+                                     max_abs_diff=0.0, after_finetune=False))
     return rd
+
+
+def _metrics(run: RunDir) -> TrainMetrics:
+    data = run.data()
+    return TrainMetrics(model="tiny", data="synthetic", profile="generic-channel", method="wgsef", sparsity=0.5,
+                        final_stage="pruned", test_accuracy=ByStage(dense=0.5, final=0.4375), val_accuracy=ByStage(),
+                        test_loss=ByStage(), scopes=[], exact_k=True,
+                        groups=GroupCounts(total=0, nonzero=0, k=0, nonzero_before_projection=0,
+                                           zeroed_by_projection=0),
+                        lam=0.5, splits=SplitSizes(**data.split_sizes, data_seed=0, val_fraction=0.1),
+                        epochs={}, seconds={}, preprocessing=data.preprocessing)
 
 
 def test_bundle_build_and_verify(run_dir: Path, tmp_path: Path) -> None:
@@ -45,7 +62,7 @@ def test_bundle_build_and_verify(run_dir: Path, tmp_path: Path) -> None:
     assert names == {"model.onnx", "surgery_plan.json", "manifest.json", "README.md", "parity_input.npy",
                      "parity_output.npy"}
     m = json.loads((out / MANIFEST).read_text())
-    assert m["profile"] == "generic-channel" and m["accuracy"]["sparse"] == 0.4375
+    assert m["profile"] == "generic-channel" and m["accuracy"] == {"dense": 0.5, "pruned": 0.4375}
     assert m["inputs"][0]["name"] == "input" and m["inputs"][0]["shape"][1:] == [3, SIZE, SIZE]
     assert m["preprocessing"]["layout"] == "NCHW" and len(m["preprocessing"]["mean"]) == 3
     assert m["files"]["model.onnx"] == sha256_file(run_dir / "model.onnx")

@@ -287,7 +287,9 @@ def test_padding_rows_and_k() -> None:
     torch.testing.assert_close(gs.from_padded(pad), v, atol=0, rtol=0)
     sizes = gs.scope_sizes.tolist()
     assert gs.k_for_sparsity(0.5).tolist() == [math.ceil(s / 2) for s in sizes]
-    assert gs.k_for_sparsity(1.0).tolist() == [1] * len(sizes)
+    assert gs.k_for_sparsity(0.999).tolist() == [1] * len(sizes)
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        gs.k_for_sparsity(1.0)  # the one sparsity interval of hwprune.base.checks
     assert gs.k_for_sparsity(0.0).tolist() == sizes
     s = gs.scope_names.index("branch_a")
     rows = gs.rows(s)

@@ -34,6 +34,11 @@ def _report() -> dict:
     }
 
 
+def _write(root: Path, report: dict, log_path: Path | None = None) -> tuple[Path, Path]:
+    return write_report(report, json_path=root / "report.json", md_path=root / "report.md", plots_dir=root / "plots",
+                        log_path=log_path)
+
+
 def _is_png(p: Path) -> bool:
     data = p.read_bytes()
     return len(data) > 1000 and data[:8] == PNG_MAGIC
@@ -58,10 +63,9 @@ def test_write_report_json_md_and_plots(tmp_path: Path) -> None:
            {"phase": "sparse", "epoch": 0, "train_loss": 1.0, "eval_acc": 0.8, "nonzero_groups": 40},
            {"phase": "finetune", "epoch": 0, "train_loss": 0.5, "eval_acc": 0.9, "nonzero_groups": 21}]
     (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
-    plan = {"widths": [{"module": "conv1", "before": 32, "after": 16, "block": 8, "aligned": True},
-                       {"module": "conv2", "before": 8, "after": 5, "block": 8, "aligned": False}]}
-    (tmp_path / "surgery_plan.json").write_text(json.dumps(plan))
-    jpath, mpath = write_report(tmp_path, _report())
+    widths = [{"module": "conv1", "before": 32, "after": 16, "block": 8, "aligned": True},
+              {"module": "conv2", "before": 8, "after": 5, "block": 8, "aligned": False}]
+    jpath, mpath = _write(tmp_path, {**_report(), "widths": widths}, log_path=tmp_path / "train_log.jsonl")
     saved = json.loads(jpath.read_text())
     assert saved["speedup"][0] == pytest.approx({"batch": 1, "dense_median_ms": 0.25, "pruned_median_ms": 0.125,
                                                  "speedup": 2.0, "speedup_per_mac_reduction": 2.0 / (1788544 / 451904)})
@@ -77,12 +81,12 @@ def test_write_report_json_md_and_plots(tmp_path: Path) -> None:
 
 
 def test_write_report_without_log_or_plan(tmp_path: Path) -> None:
-    _, mpath = write_report(tmp_path, _report())
+    _, mpath = _write(tmp_path, _report(), log_path=tmp_path / "missing.jsonl")
     assert not (tmp_path / "plots" / "training.png").exists()
     assert _is_png(tmp_path / "plots" / "pareto.png")
     assert "training" not in json.loads((tmp_path / "report.json").read_text())["plots"]
     with pytest.raises(ConfigError):
-        write_report(tmp_path / "other", {"model": "x"})
+        _write(tmp_path / "other", {"model": "x"})
     assert not (tmp_path / "other" / "report.json").exists()
 
 

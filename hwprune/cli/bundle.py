@@ -23,6 +23,7 @@ def bundle(run_dir: Path | None, out_dir: Path | None, int8: bool, calib_samples
            verify_dir: Path | None, as_json: bool) -> None:
     """Package a run's ONNX model as a verified deployment bundle, or verify one."""
     from hwprune.base.errors import ConfigError
+    from hwprune.base.files import read_json
     from hwprune.pipeline.bundle import MANIFEST, make_bundle, verify_bundle
 
     if verify_dir is not None:
@@ -36,7 +37,7 @@ def bundle(run_dir: Path | None, out_dir: Path | None, int8: bool, calib_samples
     if run_dir is None or out_dir is None:
         raise ConfigError("usage: hwprune bundle RUN_DIR --out DIR [--int8], or hwprune bundle --verify DIR")
     path = make_bundle(run_dir, out_dir, int8=int8, calib_samples=calib_samples, overwrite=force)
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_json(path / MANIFEST, what="bundle manifest")
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hwprune.cli.modelopts import model_from_options, model_input_options
+
 __all__ = ["COMMANDS", "export"]
 
 
@@ -13,9 +15,7 @@ __all__ = ["COMMANDS", "export"]
 @click.argument("run_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "model_name", default=None, help="Export a bare registry model instead of a RUN_DIR.")
 @click.option("--stage", default=None, help="RUN_DIR stage to export (default: the most processed one).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True, help="With --model.")
-@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True, help="With --model.")
-@click.option("--input-size", type=click.IntRange(min=1), default=32, show_default=True, help="With --model.")
+@model_input_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="ONNX path (default RUN_DIR/model.onnx); export_report.json goes next to it.")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
@@ -27,26 +27,29 @@ __all__ = ["COMMANDS", "export"]
 def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_classes: int, in_channels: int,
            input_size: int, out: Path | None, opset: int, atol: float, rtol: float, dynamic_batch: bool,
            simplify: bool, dynamo: bool) -> None:
-    """Export RUN_DIR's final model (or --model NAME) to ONNX, check it and compare ORT with PyTorch."""
-    import torch
+    """Export RUN_DIR's final model (or --model NAME) to ONNX, check it and compare ORT with PyTorch.
 
+    The input options (--input-size, --in-channels, --num-classes) apply to --model only.
+    """
     from hwprune.base.errors import ConfigError
     from hwprune.runtime.export import ExportConfig, export_and_validate
 
     if (run_dir is None) == (model_name is None):
         raise ConfigError("give exactly one of RUN_DIR or --model NAME")
     if run_dir is not None:
-        from hwprune.surgery.modelio import load_run_model
+        from hwprune.training.rundir import RunDir
 
-        model, example, source = load_run_model(run_dir, stage)
-        out = out or run_dir / "model.onnx"
+        rd = RunDir.open(run_dir)
+        source = stage or rd.final_stage()
+        model, example = rd.load_model(source)[0], rd.example_input()
+        out = out or rd.onnx_path("final")
     else:
-        from hwprune.models import create_model
-
+        assert model_name is not None  # exactly one of the two is given (checked above)
         if out is None:
             raise ConfigError("--out PATH is required with --model")
-        model = create_model(model_name, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
-        example, source = torch.randn(1, in_channels, input_size, input_size), f"model {model_name}"
+        model, example = model_from_options(model_name, input_size=input_size, in_channels=in_channels,
+                                            num_classes=num_classes)
+        source = f"model {model_name}"
     cfg = ExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, dynamo=dynamo,
                        simplify=simplify)
     report = export_and_validate(model, example, out, cfg, report_path=out.parent / "export_report.json")

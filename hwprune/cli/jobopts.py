@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from hwprune.training.config import TrainJobConfig
 
 __all__ = ["job_options", "build_job_config", "MethodOption"]
 
@@ -34,16 +37,24 @@ _JOB_OPTIONS: list[Callable[[Any], Any]] = [
                  "synthetic [default: digits]"),
     click.option("--data-dir", type=click.Path(path_type=Path), help="directory of dataset files"),
     click.option("--image-size", type=int, help="resize inputs to this side length"),
-    click.option("--train-limit", type=int, help="use at most this many training images"),
+    click.option("--train-limit", type=int, help="use at most this many training images (a stratified subset "
+                 "drawn with --data-seed; the validation split is carved from them)"),
+    click.option("--data-seed", type=int, help="seed of the data splits and the --train-limit subset, separate from "
+                 "--seed so a seed repeat keeps the data [default: 0]"),
+    click.option("--val-fraction", type=float, help="fraction of the training images held out (stratified) for the "
+                 "per-epoch evaluation; the test split is evaluated once at the end [default: 0.1]"),
     click.option("--profile", help="bundled profile name, a .yaml path, or 'auto' [default: auto]"),
     click.option("--method", cls=MethodOption, help="sparsification method"),
     click.option("--epochs", type=int, help="epochs of the sparse phase [default: 10]"),
     click.option("--dense-epochs", type=int, help="epochs of the dense phase [default: --epochs]"),
-    click.option("--finetune-epochs", type=int, help="epochs of the masked fine-tune [default: ceil(epochs/3)]"),
+    click.option("--finetune-epochs", type=int, help="epochs of the fine-tune [default: ceil(epochs/3)]"),
+    click.option("--compact-finetune/--masked-finetune", "compact_finetune", default=None,
+                 help="fine-tune the compact model after surgery, or the masked full-width model (then "
+                 "'hwprune prune' does the surgery) [default: compact]"),
     click.option("--lam", type=float, help="regularisation strength lambda [default: the method's own, wgsef 0.5]"),
     click.option("--lr", type=float, help="learning rate [default: 0.05]"),
     click.option("--batch-size", type=int, help="batch size [default: 64]"),
-    click.option("--seed", type=int, help="random seed [default: 0]"),
+    click.option("--seed", type=int, help="training seed: initialisation, shuffling, dropout [default: 0]"),
     click.option("--checkpoint", type=click.Path(path_type=Path),
                  help="start from this saved dense model (path without suffix, e.g. RUN/dense) instead of training"),
     click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), help="training device [default: cpu]"),
@@ -59,8 +70,8 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_job_config(options: dict[str, Any], **overrides: Any) -> Any:
-    """Merge ``--config`` file values, then non-None CLI values, into a ``TrainJobConfig``."""
+def build_job_config(options: dict[str, Any], **overrides: Any) -> TrainJobConfig:
+    """Merge ``--config`` file values (a job mapping or a run's ``config.yaml``), then non-None CLI values."""
     from hwprune.training.config import TrainJobConfig, load_config_file
 
     source = "command line"

@@ -17,16 +17,17 @@ _RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
 def _parse_sparsity(text: str | None) -> list[float] | None:
+    from hwprune.base.checks import check_sparsity
+
     if text is None:
         return None
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"--sparsity: expected a number or a comma-separated list, got '{text}'") from None
-    bad = [v for v in values if not 0.0 <= v < 1.0]
-    if not values or bad:
-        raise ConfigError(f"--sparsity: every value must be in [0, 1), got '{text}'")
-    return values
+    if not values:
+        raise ConfigError(f"--sparsity: expected a number or a comma-separated list, got '{text}'")
+    return [check_sparsity(v, what="--sparsity") for v in values]
 
 
 @click.command("train")
@@ -36,25 +37,25 @@ def _parse_sparsity(text: str | None) -> list[float] | None:
 @click.option("--resume/--no-resume", default=False, help="continue a killed run from its checkpoints")
 @click.option("--json", "as_json", is_flag=True, help="print metrics.json")
 def train_cmd(out: Path, resume: bool, as_json: bool, **options: Any) -> None:
-    """Dense training, the method's sparse phase to exactly k groups per scope, masked fine-tune."""
+    """Dense training, the method's sparse phase to exactly k groups per scope, surgery, fine-tune."""
     from hwprune.pipeline.steps import step_train
     from hwprune.training.distributed import is_main_process, shutdown_distributed
 
     cfg = build_job_config(options)
-    metrics = step_train(cfg, out, resume=resume)
+    m = step_train(cfg, out, resume=resume).metrics
     main_rank = is_main_process()
     shutdown_distributed()  # no-op outside torchrun
     if not main_rank:
         return
     if as_json:
-        click.echo(json.dumps(metrics, indent=2))
+        click.echo(json.dumps(m.to_dict(), indent=2))
         return
-    acc = metrics["accuracy"]
-    click.echo(f"accuracy dense {acc['dense']:.4f} -> sparse {acc['sparse']:.4f}; "
-               f"groups nonzero {metrics['groups']['nonzero']} / {metrics['groups']['total']} "
-               f"(k = {metrics['groups']['k']}); exact k in every scope: {metrics['exact_k']}")
-    for s in metrics["scopes"]:
-        click.echo(f"  {s['name']:<40} total {s['total']:>5}  k {s['k']:>5}  nonzero {s['nonzero']:>5}")
+    g = m.groups
+    click.echo(f"test accuracy dense {m.test_accuracy.dense:.4f} -> {m.final_stage} {m.test_accuracy.final:.4f} "
+               f"({m.splits.test} test images); groups nonzero {g.nonzero} / {g.total} (k = {g.k}, the method left "
+               f"{g.nonzero_before_projection}); exact k in every scope: {m.exact_k}")
+    for s in m.scopes:
+        click.echo(f"  {s.name:<40} total {s.total:>5}  k {s.k:>5}  nonzero {s.nonzero:>5}")
     click.echo(f"run directory: {out}")
 
 
@@ -62,34 +63,47 @@ def train_cmd(out: Path, resume: bool, as_json: bool, **options: Any) -> None:
 @click.argument("run_dir", type=_RUN_DIR)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 def prune_cmd(run_dir: Path, as_json: bool) -> None:
-    """Surgery on RUN_DIR's sparse model: remove zero groups, check equivalence, write pruned.* + plan."""
+    """Surgery: remove zero groups, check equivalence, write pruned.* + plan (done by 'train' unless --masked-finetune).
+
+    On a run whose train job did the surgery this prints the stored summary.
+    """
     from hwprune.pipeline.steps import step_prune
 
-    summary = step_prune(run_dir)
+    s = step_prune(run_dir)
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(s.to_dict(), indent=2))
         return
-    p, m = summary["params"], summary["macs"]
+    p, m, acc = s.params, s.macs, s.val_accuracy
+    when = "after" if s.after_finetune else "before"
+    accuracy = (f"validation accuracy {acc['sparse']:.4f} -> {acc['pruned']:.4f} ({when} the fine-tune); "
+                if acc.get("sparse") is not None and acc.get("pruned") is not None else "")
     click.echo(f"params {p['sparse']:,} -> {p['pruned']:,}; MACs {m['sparse']:,} -> {m['pruned']:,}; "
-               f"accuracy {summary['accuracy']['sparse']:.4f} -> {summary['accuracy']['pruned']:.4f}; "
-               f"max |diff| {summary['max_abs_diff']:.2e}")
+               f"{accuracy}max |diff| {s.max_abs_diff:.2e}")
 
 
 @click.command("nm")
 @click.argument("run_dir", type=_RUN_DIR)
-@click.option("--epochs", type=int, default=2, show_default=True, help="epochs of the N:M phase")
-@click.option("--lam", type=float, default=0.05, show_default=True, help="lambda of the batched SEF prox")
-def nm_cmd(run_dir: Path, epochs: int, lam: float) -> None:
-    """N:M phase (profile's nm rules) on RUN_DIR's pruned model; writes nm.*."""
-    from hwprune.pipeline.steps import PipelineOptions, step_nm
-    from hwprune.training.config import load_run_config
+@click.option("--epochs", type=int, default=None, help="epochs of the N:M phase [default: as recorded in config.yaml]")
+@click.option("--lam", type=float, default=None, help="lambda of the batched SEF prox [default: as recorded]")
+def nm_cmd(run_dir: Path, epochs: int | None, lam: float | None) -> None:
+    """N:M phase (profile's nm rules) on RUN_DIR's pruned model; writes nm.* and records its options."""
+    import dataclasses
 
-    info = step_nm(run_dir, load_run_config(run_dir), PipelineOptions(nm_epochs=epochs, nm_lam=lam))
+    from hwprune.pipeline.steps import open_run, step_nm
+
+    rd = open_run(run_dir)
+    recorded = rd.config.pipeline
+    opts = dataclasses.replace(recorded, nm_epochs=recorded.nm_epochs if epochs is None else epochs,
+                               nm_lam=recorded.nm_lam if lam is None else lam)
+    info = step_nm(rd, opts)
     if info is None:
         raise ConfigError(f"{run_dir}/profile.yaml has no nm rule; nothing to do")
-    click.echo(f"N:M {info['pattern']} on {len(info['layers'])} layers; accuracy {info['accuracy_before']:.4f} -> "
-               f"{info['accuracy']:.4f}; blocks {info['blocks']}, "
-               f"max nonzero per block {info['max_nonzero_per_block']}")
+    v = info.val_accuracy
+    before = f"{v.dense:.4f}" if v.dense is not None else "-"
+    after = f"{v.final:.4f}" if v.final is not None else "-"
+    click.echo(f"N:M {info.pattern} on {len(info.layers)} layers; validation accuracy {before} -> {after}, "
+               f"test accuracy {info.test_accuracy:.4f}; blocks {info.blocks}, "
+               f"max nonzero per block {info.max_nonzero_per_block}")
 
 
 @click.command("run")

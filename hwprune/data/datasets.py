@@ -136,7 +136,7 @@ def _find_idx(root: Path, split: str, kind: str) -> Path:
 
 
 def _read_idx_dir(name: str, root: Path) -> _Raw:
-    arrays = []
+    arrays: list[np.ndarray] = []
     for split in ("train", "t10k"):
         images = read_idx(_find_idx(root, split, "images"), expected_magic=IDX_IMAGES_MAGIC)
         labels_path = _find_idx(root, split, "labels")
@@ -146,7 +146,8 @@ def _read_idx_dir(name: str, root: Path) -> _Raw:
         if labels.size and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"{labels_path}: expected labels in 0..9")
         arrays += [images[:, None], labels]
-    return _Raw(*arrays, num_classes=10, scale=255.0)
+    x_train, y_train, x_test, y_test = arrays
+    return _Raw(x_train, y_train, x_test, y_test, num_classes=10, scale=255.0)
 
 
 @_register("mnist")
@@ -211,7 +212,7 @@ def _synthetic(data_dir: Path | None, image_size: int | None, seed: int, options
         y = torch.randperm(n, generator=gen) % classes  # balanced classes, learnable class prototypes
         x = 0.5 * protos[y] + torch.randn(n, channels, size, size, generator=gen)
         out += [x.numpy(), y.numpy().astype(np.int64)]
-    return _Raw(*out, num_classes=classes, scale=1.0)
+    return _Raw(out[0], out[1], out[2], out[3], num_classes=classes, scale=1.0)
 
 
 def list_datasets() -> list[str]:
@@ -236,6 +237,7 @@ def load_dataset(
     image_size: int | None = None,
     train_limit: int | None = None,
     seed: int = 0,
+    val_fraction: float = 0.0,
     **options: Any,
 ) -> DatasetBundle:
     """Load a dataset as normalised float32 NCHW tensors.
@@ -247,7 +249,10 @@ def load_dataset(
         image_size: resize (bilinear) images to ``image_size`` x ``image_size``; default native
             (32 for ``imagefolder`` and ``synthetic``).
         train_limit: keep a stratified random subset of this many training images.
-        seed: seeds the 80/20 split (digits, mnist-5k, imagefolder), the subset and synthetic data.
+        seed: the data seed: draws the 80/20 split (digits, mnist-5k, imagefolder), the subset, the
+            validation split and synthetic data.
+        val_fraction: hold out this fraction of the (limited) training images, stratified, as
+            ``DatasetBundle.val`` (0: none). None of the bundled datasets ships a validation split.
         **options: ``synthetic`` only: ``in_channels``, ``num_classes``, ``train_size``, ``test_size``.
 
     Raises:
@@ -272,5 +277,6 @@ def load_dataset(
         image_size=image_size,
         train_limit=train_limit,
         seed=seed,
+        val_fraction=val_fraction,
         resize_info=raw.resize_info,
     )

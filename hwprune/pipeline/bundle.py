@@ -13,7 +13,6 @@ Bundles are built in a temporary directory next to ``out_dir`` and renamed into 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -26,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hwprune.base.errors import ConfigError, DataError, NumericalMismatchError
-from hwprune.base.files import atomic_write_json, atomic_write_text
+from hwprune.base.files import atomic_write_json, atomic_write_text, read_json
 from hwprune.base.optional import import_optional
-from hwprune.training.config import TrainJobConfig, load_run_config
+from hwprune.training.rundir import RunDir
 
 if TYPE_CHECKING:
     from hwprune.profiles import BenchSpec
@@ -79,21 +78,6 @@ def _files(root: Path) -> Iterator[str]:
             yield p.relative_to(root).as_posix()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg})") from None
-
-
-def _job_data(cfg: TrainJobConfig) -> Any:
-    from hwprune.training.job import load_job_data  # lazy: torch and the data loaders are heavy
-
-    return load_job_data(cfg)
-
-
 def _session(path: Path) -> Any:
     ort = import_optional("onnxruntime", extra="onnx")
     opts = ort.SessionOptions()
@@ -134,32 +118,46 @@ def _quantize(src: Path, dst: Path, calib: np.ndarray, input_name: str) -> None:
                       activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
 
 
-def _bench_spec(run_dir: Path) -> BenchSpec:
-    from hwprune.profiles import BenchSpec, load_profile
+def _bench_spec(rd: RunDir) -> BenchSpec:
+    """The run profile's timing settings when they are ORT CPU (what the int8 comparison runs on), else defaults."""
+    from hwprune.profiles import BenchSpec
 
-    path = run_dir / "profile.yaml"
-    if path.is_file():
-        spec = load_profile(path).bench
-        if spec.backend == "onnxruntime" and spec.provider == "cpu":
-            return spec
-    return BenchSpec()
+    try:
+        spec = rd.profile.bench
+    except DataError:  # a run directory without profile.yaml: default settings
+        return BenchSpec()
+    return spec if spec.backend == "onnxruntime" and spec.provider == "cpu" else BenchSpec()
 
 
-def _int8(tmp: Path, run_dir: Path, cfg: TrainJobConfig, calib_samples: int,
-          bench_spec: BenchSpec | None) -> dict[str, Any]:
+def _int8(tmp: Path, rd: RunDir, calib_samples: int, bench_spec: BenchSpec | None) -> dict[str, Any]:
     from hwprune.runtime.bench import compare
 
-    data = _job_data(cfg)
+    data = rd.data()
     x_train = data.train.tensors[0][:calib_samples].numpy().astype(np.float32)
     x_test, y_test = data.test.tensors[0].numpy().astype(np.float32), data.test.tensors[1].numpy()
     fp32 = _session(tmp / MODEL)
     _quantize(tmp / MODEL, tmp / INT8_MODEL, x_train, fp32.get_inputs()[0].name)
     acc = {"onnx_fp32": _accuracy(fp32, x_test, y_test), "onnx_int8": _accuracy(_session(tmp / INT8_MODEL), x_test,
                                                                               y_test), "test_samples": len(x_test)}
-    lat = compare(tmp / MODEL, tmp / INT8_MODEL, bench_spec or _bench_spec(run_dir))
+    lat = compare(tmp / MODEL, tmp / INT8_MODEL, bench_spec or _bench_spec(rd))
     return {"file": INT8_MODEL, "format": "QDQ", "per_channel": True, "activations": "int8", "weights": "int8",
             "calibration": {"method": "minmax", "samples": len(x_train), "split": "train"},
             "accuracy": acc, "latency": {"fp32": lat["dense"], "int8": lat["pruned"], "speedup": lat["speedup"]}}
+
+
+def _run_facts(rd: RunDir) -> dict[str, Any]:
+    """Accuracy, latency and preprocessing of the run for the manifest (each from the latest artifact there is)."""
+    report = rd.report() or {}
+    try:
+        m = rd.metrics()
+        metrics_acc: dict[str, Any] | None = {"dense": m.test_accuracy.dense, "pruned": m.test_accuracy.final}
+        pre = m.preprocessing
+    except DataError:
+        metrics_acc, pre = None, None
+    bench = rd.bench()
+    return {"accuracy": report.get("accuracy") or metrics_acc,
+            "latency": (report.get("latency") or {}).get("pruned") or (bench.to_dict() if bench else None),
+            "preprocessing": report.get("preprocessing") or pre or rd.data().preprocessing}
 
 
 def _readme(manifest: dict[str, Any]) -> str:
@@ -197,50 +195,50 @@ def make_bundle(run_dir: Path, out_dir: Path, *, int8: bool = False, calib_sampl
     """Build a deployment bundle from a run directory (``model.onnx`` required); returns ``out_dir``.
 
     Args:
-        run_dir: run directory with ``model.onnx``, ``config.yaml`` and optionally ``metrics.json``,
-            ``surgery_plan.json``, ``report.json``, ``bench.json``, ``profile.yaml``.
+        run_dir: run directory (read through its ``RunDir``) with the exported ``model.onnx`` and
+            ``config.yaml``, optionally metrics, surgery plan, report, timing and profile.
         out_dir: destination; must not exist or be empty unless ``overwrite``.
         int8: also add an ORT static int8 model (QDQ, per-channel) with its test accuracy and latency.
         calib_samples: training images used for int8 calibration.
         bench_spec: timing settings for the int8 comparison (default: the run's CPU profile bench).
         overwrite: replace a non-empty ``out_dir`` (the old bundle is removed only after the new one is complete).
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not (run_dir / MODEL).is_file():
-        raise DataError(f"{run_dir / MODEL}: missing; export the run first ('hwprune export' or 'hwprune run')")
+    out_dir = Path(out_dir)
     if calib_samples < 1:
         raise ConfigError(f"calib_samples must be >= 1, got {calib_samples}")
+    rd = RunDir(run_dir)
+    onnx = rd.onnx_path("final")
+    if not onnx.is_file():
+        raise DataError(f"{onnx}: missing; export the run first ('hwprune export' or 'hwprune run')")
+    rd = RunDir.open(run_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise ConfigError(f"{out_dir}: already exists and is not empty; choose another --out or pass --force")
-    cfg = load_run_config(run_dir)
-    metrics = _read_json(run_dir / "metrics.json") or {}
-    report = _read_json(run_dir / "report.json") or {}
+    cfg = rd.train_config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        shutil.copyfile(run_dir / MODEL, tmp / MODEL)
-        has_plan = (run_dir / PLAN).is_file()
-        if has_plan:
-            shutil.copyfile(run_dir / PLAN, tmp / PLAN)
+        shutil.copyfile(onnx, tmp / MODEL)
+        plan = rd.surgery_plan() if rd.has_surgery_plan() else None
+        if plan is not None:
+            atomic_write_json(tmp / PLAN, plan)
         sess = _session(tmp / MODEL)
         x = _parity_input(sess)
         np.save(tmp / PARITY_IN, x, allow_pickle=False)
         np.save(tmp / PARITY_OUT, sess.run(None, {sess.get_inputs()[0].name: x})[0], allow_pickle=False)
-        pre = report.get("preprocessing") or _job_data(cfg).preprocessing
-        bench = _read_json(run_dir / "bench.json")
+        facts = _run_facts(rd)
         import hwprune
 
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT, "hwprune_version": hwprune.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "profile": cfg.profile, "model": cfg.model, "data": cfg.data, "surgery_plan": PLAN if has_plan else None,
+            "profile": cfg.profile, "model": cfg.model, "data": cfg.data,
+            "surgery_plan": PLAN if plan is not None else None,
             "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.type} for i in sess.get_inputs()],
             "outputs": [{"name": o.name, "shape": o.shape, "dtype": o.type} for o in sess.get_outputs()],
-            "preprocessing": pre, "accuracy": report.get("accuracy") or metrics.get("accuracy"),
-            "latency": (report.get("latency") or {}).get("pruned") or bench,
+            "preprocessing": facts["preprocessing"], "accuracy": facts["accuracy"], "latency": facts["latency"],
             "parity": {"input": PARITY_IN, "output": PARITY_OUT, "atol": PARITY_ATOL, "rtol": PARITY_RTOL},
         }
-        manifest["int8"] = _int8(tmp, run_dir, cfg, calib_samples, bench_spec) if int8 else None
+        manifest["int8"] = _int8(tmp, rd, calib_samples, bench_spec) if int8 else None
         atomic_write_text(tmp / "README.md", _readme(manifest))
         manifest["files"] = {rel: sha256_file(tmp / rel) for rel in _files(tmp)}
         atomic_write_json(tmp / MANIFEST, manifest)
@@ -265,9 +263,7 @@ def verify_bundle(bundle_dir: Path) -> VerifyReport:
         NumericalMismatchError: ORT output differs from ``parity_output.npy`` beyond PARITY_ATOL/RTOL.
     """
     root = Path(bundle_dir)
-    manifest = _read_json(root / MANIFEST)
-    if manifest is None:
-        raise DataError(f"{root / MANIFEST}: missing; not a hwprune bundle")
+    manifest = read_json(root / MANIFEST, what="bundle manifest", hint="not a hwprune bundle")
     listed: dict[str, str] = manifest.get("files") or {}
     present = set(_files(root))
     problems = [f"missing {rel}" for rel in sorted(set(listed) - present)]

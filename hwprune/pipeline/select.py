@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.base.errors import ConfigError
+from hwprune.base.checks import check_sparsity
 from hwprune.profiles import HardwareProfile
 from hwprune.profiles.machine import MachineFacts, detect_machine, load_all, rank_profiles
 
@@ -36,21 +36,14 @@ def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: 
     import torch
 
     from hwprune.groups import build_groups
+    from hwprune.groups.topk import topk_mask
     from hwprune.surgery.remove import remove_zero_groups
 
     gs = build_groups(model, profile, example, "structured")
-    k = gs.k_for_sparsity(sparsity)
-    norms = gs.norms()
-    drop: list[int] = []
-    for s in range(gs.num_scopes):
-        ids = torch.nonzero((gs.scope_index == s) & gs.removable).flatten()
-        if ids.numel() == 0:
-            continue
-        keep = min(int(k[s]), ids.numel())
-        order = ids[torch.argsort(norms[ids], descending=True, stable=True)]
-        drop.extend(order[keep:].tolist())
-    if drop:
-        gs.zero_(drop)
+    score = torch.where(gs.removable, gs.norms(), torch.full((gs.num_groups,), -torch.inf, dtype=torch.float64))
+    drop = gs.removable & ~topk_mask(gs, gs.k_for_sparsity(sparsity), score)
+    if bool(drop.any()):
+        gs.zero_(torch.nonzero(drop).flatten())
     compact, plan = remove_zero_groups(model, gs, example)
     return compact, plan.to_dict()
 
@@ -86,8 +79,7 @@ def measure_profiles(
     from hwprune.runtime.bench import measure
     from hwprune.runtime.export import to_onnx
 
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
+    sparsity = check_sparsity(sparsity)
     facts = facts or detect_machine()
     loaded = {p.name: p for p in load_all(profiles)}
     ranked = [m for m in rank_profiles(facts, list(loaded.values())) if m.matched]

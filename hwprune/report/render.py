@@ -2,14 +2,15 @@
 
 The pipeline fills a :class:`RunReport` dict; :func:`write_report` validates it, adds derived numbers
 (speed-up per batch size, MAC reduction, speed-up / MAC reduction, achieved sparsity per scope),
-draws the plots into ``RUN_DIR/plots/`` and writes ``RUN_DIR/report.json`` and ``RUN_DIR/report.md``
-atomically. Latencies are milliseconds; accuracies are fractions in [0, 1]; MACs are per sample.
+draws the plots and writes the JSON and Markdown reports atomically (a run's paths: its ``RunDir``).
+Latencies are milliseconds; accuracies are fractions in [0, 1]; MACs are per sample.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -51,8 +52,10 @@ class RunReport(TypedDict, total=False):
     ``hwprune.runtime.bench.LatencyStats.to_dict()`` rows, one per batch size), ``environment``
     (``hwprune.runtime.envinfo.collect_env()``), ``versions`` (package -> version), ``timings`` (step -> s).
     Optional: ``run_dir``, ``created``, ``widths`` (surgery plan widths), ``sweep`` (Pareto points
-    ``{label, accuracy, latency_ms, kind}``), ``notes``. Added by :func:`derive`: ``speedup``,
-    ``mac_reduction``, ``param_reduction``, ``plots``.
+    ``{label, accuracy, latency_ms, kind}``), ``notes``, ``accuracy_of`` (``{split, dense, pruned,
+    test_images}``: the split and the models ``accuracy`` was measured on), ``val_accuracy`` (per stage
+    on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked).
+    Added by :func:`derive`: ``speedup``, ``mac_reduction``, ``param_reduction``, ``plots``.
     """
 
     schema_version: int
@@ -165,6 +168,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                  [["accuracy", r["accuracy"]["dense"], r["accuracy"]["pruned"], "-"],
                   ["params", r["params"]["dense"], r["params"]["pruned"], r.get("param_reduction")],
                   ["MACs / sample", r["macs"]["dense"], r["macs"]["pruned"], r.get("mac_reduction")]])
+    md += _accuracy_notes(r)
     md += ["## Latency (ms)", ""]
     rows = []
     for kind in ("dense", "pruned"):
@@ -196,6 +200,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(md)
 
 
+def _accuracy_notes(r: Mapping[str, Any]) -> list[str]:
+    """Which model and split each accuracy belongs to, and the validation accuracy of every stage."""
+    of = r.get("accuracy_of")
+    if not of:
+        return []
+    val = r.get("val_accuracy") or {}
+    lines = [f"Accuracy: top-1 on the {of['split']} split ({_f(of.get('test_images'))} images), measured once at the "
+             f"end for the `{of['dense']}` model and the exported `{of['pruned']}` model; the per-epoch curves and "
+             f"the stage accuracies below use the validation split ({_f(val.get('val_images'))} images carved from "
+             f"the training data, data seed {_f((r.get('splits') or {}).get('data_seed'))}).", ""]
+    if val.get("val_images"):
+        finetuned = r.get("finetuned_model", "compact")
+        lines += _table(["validation accuracy", "dense", "after sparse phase", "after projection",
+                         f"after fine-tune ({finetuned})"],
+                        [["", val.get("dense"), val.get("sparse"), val.get("projected"), val.get("final")]])
+    return lines
+
+
 def _pareto_points(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     pts = []
     for kind in ("dense", "pruned"):
@@ -206,40 +228,37 @@ def _pareto_points(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     return pts + [dict(p) for p in r.get("sweep", [])]
 
 
-def write_report(run_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Validate ``report``, draw ``plots/*.png``, write ``report.json`` and ``report.md``; returns both paths.
+def write_report(report: Mapping[str, Any], *, json_path: Path, md_path: Path, plots_dir: Path,
+                 log_path: Path | None = None) -> tuple[Path, Path]:
+    """Validate ``report``, draw the plots, write ``json_path`` and ``md_path``; returns both paths.
 
-    Plots: ``training.png`` from ``RUN_DIR/train_log.jsonl`` (if present), ``widths.png`` from
-    ``report["widths"]`` or ``RUN_DIR/surgery_plan.json``, ``pareto.png`` from the dense/pruned
-    points (smallest batch) plus ``report["sweep"]``.
+    Plots in ``plots_dir``: ``training.png`` from the JSON-lines log at ``log_path`` (if given and
+    present), ``widths.png`` from ``report["widths"]``, ``pareto.png`` from the dense/pruned points
+    (smallest batch) plus ``report["sweep"]``. The report records them relative to ``json_path``'s
+    directory. A run's paths come from its ``RunDir`` (``report_paths``, ``plots_dir``, ``log_path``).
     """
     from hwprune.report import plots
 
-    run_dir = Path(run_dir)
     out = derive(report)
+    root = Path(json_path).parent
     made: dict[str, str] = {}
-    log = run_dir / "train_log.jsonl"
-    if log.is_file():
-        records = plots.read_log(log)
+
+    def rel(p: Path) -> str:
+        return Path(os.path.relpath(p, root)).as_posix()
+
+    if log_path is not None and Path(log_path).is_file():
+        records = plots.read_log(Path(log_path))
         if records:
-            plots.plot_training(records, run_dir / "plots" / "training.png")
-            made["training"] = "plots/training.png"
-    widths = out.get("widths")
-    plan = run_dir / "surgery_plan.json"
-    if widths is None and plan.is_file():
-        widths = json.loads(plan.read_text()).get("widths")
-    if widths:
-        plots.plot_widths(widths, run_dir / "plots" / "widths.png")
-        made["widths"] = "plots/widths.png"
+            made["training"] = rel(plots.plot_training(records, Path(plots_dir) / "training.png"))
+    if out.get("widths"):
+        made["widths"] = rel(plots.plot_widths(out["widths"], Path(plots_dir) / "widths.png"))
     points = _pareto_points(out)
     if points:
-        plots.plot_pareto(points, run_dir / "plots" / "pareto.png")
-        made["pareto"] = "plots/pareto.png"
+        made["pareto"] = rel(plots.plot_pareto(points, Path(plots_dir) / "pareto.png"))
     out["plots"] = made
-    json_path, md_path = run_dir / "report.json", run_dir / "report.md"
     atomic_write_json(json_path, out)
     atomic_write_text(md_path, render_markdown(out))
-    return json_path, md_path
+    return Path(json_path), Path(md_path)
 
 
 def summary_table(report: Mapping[str, Any]) -> Table:
