@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 
@@ -75,6 +76,17 @@ def test_masked_finetune_leaves_the_surgery_to_prune(tmp_path: Path) -> None:
     assert summary.after_finetune and rd.has_surgery()
     assert summary.params["pruned"] < summary.params["sparse"] and summary.max_abs_diff < 1e-4
     assert step_prune(tmp_path) == summary  # a second call is idempotent
+
+
+def test_resuming_a_finished_job_reproduces_it(tmp_path: Path) -> None:
+    first = step_train(FAST, tmp_path)
+    log_lines = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    again = step_train(FAST, tmp_path, resume=True)  # each phase restores its last checkpoint; the surgery
+    assert again.metrics.test_accuracy == first.metrics.test_accuracy  # rebuilds the compact model it fits
+    assert again.metrics.scopes == first.metrics.scopes
+    a, b = first.model.state_dict(), again.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert (tmp_path / "train_log.jsonl").read_text().splitlines() == log_lines  # nothing trained twice
 
 
 def test_old_or_foreign_run_directories_fail_with_one_line(tmp_path: Path) -> None:

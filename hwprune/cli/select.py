@@ -6,6 +6,8 @@ import json
 
 import click
 
+from hwprune.cli.modelopts import model_input_options
+
 __all__ = ["COMMANDS", "select"]
 
 
@@ -14,11 +16,10 @@ __all__ = ["COMMANDS", "select"]
 @click.option("--measure", "model", default=None, metavar="MODEL",
               help="Also prune MODEL under each matching profile and time it here (ONNX Runtime CPU).")
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Group sparsity for --measure.")
-@click.option("--input-size", type=int, default=32, show_default=True, help="Image side for --measure.")
-@click.option("--in-channels", type=int, default=3, show_default=True, help="Input channels for --measure.")
+@model_input_options
 @click.option("--iters", type=int, default=None, help="Timed iterations per round (default: the profile's).")
 @click.option("--repeats", type=int, default=None, help="Timing rounds (default: the profile's).")
-def select(as_json: bool, model: str | None, sparsity: float, input_size: int, in_channels: int,
+def select(as_json: bool, model: str | None, sparsity: float, input_size: int, in_channels: int, num_classes: int,
            iters: int | None, repeats: int | None) -> None:
     """Detect this machine and rank the bundled profiles, with the reasons for each score."""
     from hwprune.pipeline.select import measure_profiles
@@ -29,7 +30,7 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
     rows = None
     if model is not None:
         rows = measure_profiles(model, facts, sparsity=sparsity, input_size=input_size, in_channels=in_channels,
-                                iters=iters, repeats=repeats)
+                                num_classes=num_classes, iters=iters, repeats=repeats)
     if as_json:
         out = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked]}
         if rows is not None:
