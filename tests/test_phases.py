@@ -95,11 +95,15 @@ def test_hooks_and_extra_loss_are_one_line_additions(tmp_path: Path) -> None:
     def after_surgery(m: nn.Module, runner: PhaseRunner) -> None:
         calls.append(("surgery", sum(p.numel() for p in m.parameters())))
 
-    def distill(m: nn.Module) -> torch.Tensor:
-        return 0.0 * sum(p.sum() for p in m.parameters()) + 0.125
+    teacher = copy.deepcopy(model).eval()
+
+    def distill(x: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(x).softmax(dim=1)
+        return 0.0 * nn.functional.kl_div(out.log_softmax(dim=1), target, reduction="batchmean") + 0.125
 
     spec = _spec(True, hooks=Hooks(after_projection=[after_projection], after_surgery=[after_surgery]),
-                 finetune_extra_loss=distill)
+                 finetune_batch_loss=distill)
     res = sparsify(_runner(tmp_path), model, gs, gs.k_for_sparsity(0.5), spec)
     assert [c[0] for c in calls] == ["projection", "surgery"] and calls[1][1] < calls[0][1]
     import json

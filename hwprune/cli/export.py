@@ -29,7 +29,8 @@ def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_
            simplify: bool, dynamo: bool) -> None:
     """Export RUN_DIR's final model (or --model NAME) to ONNX, check it and compare ORT with PyTorch.
 
-    The input options (--input-size, --in-channels, --num-classes) apply to --model only.
+    The input options (--input-size, --in-channels, --num-classes) apply to --model only. The
+    parameters are the command's options (click passes each one).
     """
     from hwprune.base.errors import ConfigError
     from hwprune.runtime.export import ExportConfig, export_and_validate

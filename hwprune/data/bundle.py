@@ -122,7 +122,8 @@ def finalize(
     held out as the validation split (stratified, ``ceil(val_fraction * N)`` images) -> divide by
     ``scale`` -> bilinear resize to ``image_size`` -> per-channel standardisation with the
     statistics of the remaining training images. ``seed`` draws the subset and the validation
-    split. ``resize_info`` records a resize the reader already did (image folders).
+    split. ``resize_info`` records a resize the reader already did (image folders). The parameters
+    are the two raw splits, what the reader knows about them and the user's options, in one call.
     """
     if train_limit is not None:
         if isinstance(train_limit, bool) or not isinstance(train_limit, int) or train_limit < 1:

@@ -1,4 +1,4 @@
-"""``hwprune run``: train (+ surgery) -> [surgery] -> (N:M) -> export -> bench -> report, one step per function.
+"""``hwprune run``: train (with surgery) -> (N:M) -> export -> bench -> report, one step per function.
 
 Every step reads the run only through a :class:`~hwprune.training.rundir.RunDir`, so any step can
 be re-run alone (``hwprune prune RUN_DIR``, ``hwprune export RUN_DIR``, ...); ``run`` hands one

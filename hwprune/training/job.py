@@ -202,7 +202,10 @@ def run_train_job(
     rd.write_groups(gs)
     seconds["groups"] = time.perf_counter() - t0
     lam = cfg.lam if cfg.lam is not None else method.default_lam
-    res = sparsify(runner, model, gs, k, _sparsify_spec(cfg, method, options, lam, model, gs, k, runner, rd))
+    spec = _sparsify_spec(cfg, method, options, lam, model, gs, k, runner, rd)
+    # Recipe steps plug in here: dataclasses.replace(spec, hooks=Hooks(after_projection=[...]),
+    # finetune_batch_loss=...) -- e.g. BatchNorm recalibration, distillation from ``dense``.
+    res = sparsify(runner, model, gs, k, spec)
     seconds.update(res.seconds)
     scopes = [ScopeCount(**s) for s in scope_report(gs, k)]
     exact = all(s.nonzero == s.k for s in scopes)

@@ -50,6 +50,7 @@ __all__ = ["evaluate", "train_one_epoch", "fit"]
 
 _LOG = logging.getLogger(__name__)
 LossFn = Callable[[Tensor, Tensor], Tensor]
+BatchLoss = Callable[[Any, Tensor, Any], Tensor]  # (inputs, outputs, labels) -> scalar, e.g. distillation
 Data = DataLoader[Any] | Dataset[Any]
 CHECKPOINT_NAME = "last.pt"
 
@@ -157,6 +158,7 @@ def train_one_epoch(
     epoch: int,
     scheduler: Any | None = None,
     extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    batch_loss: BatchLoss | None = None,
     callbacks: Sequence[Any] = (),
     loss_fn: LossFn | None = None,
     device: torch.device | None = None,
@@ -164,10 +166,11 @@ def train_one_epoch(
     start_step: int = 0,
     show_progress: bool = False,
 ) -> dict[str, float]:
-    """One pass over ``loader``: forward, loss (+ ``extra_loss``), backward, clip, step, sched step.
+    """One pass over ``loader``: forward, loss (+ ``extra_loss`` + ``batch_loss``), backward, clip, step, sched step.
 
-    Returns sample-weighted means ``train_loss`` (task loss), ``penalty`` (NaN without extra_loss),
-    ``train_acc`` and the global step count ``step`` after the epoch (all-reduced under DDP).
+    Returns sample-weighted means ``train_loss`` (task loss), ``penalty`` (the added terms; NaN without),
+    ``train_acc`` and the global step count ``step`` after the epoch (all-reduced under DDP). The
+    keyword parameters are ``fit``'s, passed through for one epoch (``fit`` documents them).
     """
     loss_fn = loss_fn or F.cross_entropy
     dev = device or next(ddp.unwrap(model).parameters()).device
@@ -180,6 +183,9 @@ def train_one_epoch(
         out = model(x)
         loss = loss_fn(out, y)
         penalty = extra_loss(ddp.unwrap(model)) if extra_loss is not None else None
+        if batch_loss is not None:
+            term = batch_loss(x, out, y)
+            penalty = term if penalty is None else penalty + term
         total = loss + penalty if penalty is not None else loss
         _check_finite(total, phase, epoch, step)
         optimizer.zero_grad(set_to_none=True)
@@ -287,6 +293,7 @@ def fit(
     eval_data: Data | None = None,
     eval_name: str = "eval",
     extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    batch_loss: BatchLoss | None = None,
     callbacks: Sequence[Any] = (),
     log_path: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
@@ -310,6 +317,9 @@ def fit(
         eval_name: prefix of those record keys: ``{eval_name}_acc``, ``{eval_name}_loss`` (the job
             evaluates its validation split: ``val``).
         extra_loss: ``extra_loss(model) -> scalar`` added to the loss (the unwrapped model).
+        batch_loss: ``batch_loss(inputs, outputs, labels) -> scalar`` added to the loss (a term that
+            needs the batch, e.g. distillation from a teacher's outputs on ``inputs``); the record's
+            ``penalty`` is the mean of both added terms.
         callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
             ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
         metrics_fn: ``metrics_fn(epoch, record) -> dict | None``, merged like a callback's.
@@ -334,11 +344,12 @@ def fit(
         t0 = time.perf_counter()
         lr = float(st.optimizer.param_groups[0]["lr"])
         stats = train_one_epoch(st.net, st.loader, st.optimizer, cfg, epoch=epoch, scheduler=st.scheduler,
-                                extra_loss=extra_loss, callbacks=callbacks, loss_fn=loss_fn, device=device,
+                                extra_loss=extra_loss, batch_loss=batch_loss, callbacks=callbacks,
+                                loss_fn=loss_fn, device=device,
                                 phase=phase, start_step=step, show_progress=st.show)
         step = int(stats.pop("step"))
         ddp.broadcast_buffers(st.net)
-        stats = {k: v for k, v in stats.items() if k != "penalty" or extra_loss is not None}
+        stats = {k: v for k, v in stats.items() if k != "penalty" or extra_loss is not None or batch_loss is not None}
         record: dict[str, Any] = {"phase": phase, "epoch": epoch, "step": step, "lr": lr, **stats}
         if eval_data is not None:
             ev = evaluate(st.net, eval_data, batch_size=cfg.batch_size, loss_fn=loss_fn, device=device)

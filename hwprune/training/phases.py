@@ -8,10 +8,11 @@
       sparse phase (the method's, or the N:M prox)  ->  finalize  ->  top-k projection
       -> hooks.after_projection  ->  [surgery -> hooks.after_surgery]  ->  fine-tune, zero groups frozen
 
-Extension points (each a one-line addition for a recipe): ``Phase.extra_loss`` adds a loss term to
-a phase (e.g. a distillation loss in ``SparsifySpec.finetune_extra_loss``); ``Hooks`` run a
-``ModelHook(model, runner)`` after the projection and after the surgery, with
-``runner.train_batches()`` at hand (e.g. recalibrating BatchNorm statistics on training batches).
+Extension points (each a one-line addition for a recipe): ``Phase.extra_loss(model)`` and
+``Phase.batch_loss(inputs, outputs, labels)`` add a loss term to a phase (e.g. a distillation loss
+in ``SparsifySpec.finetune_batch_loss``); ``Hooks`` run a ``ModelHook(model, runner)`` after the
+projection and after the surgery, with ``runner.train_batches()`` at hand (e.g. recalibrating
+BatchNorm statistics on training batches).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.monitor import GroupCountLogger
 from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD, project_to_k_
-from hwprune.training.loop import evaluate, fit
+from hwprune.training.loop import BatchLoss, evaluate, fit
 from hwprune.training.schedule import TrainConfig, TrainHistory
 
 __all__ = ["PhaseContext", "Phase", "PhaseRunner", "Hooks", "ModelHook", "SparsifySpec", "SparsifyResult",
@@ -76,7 +77,9 @@ class Phase:
         epochs: epochs (0: the phase is skipped).
         lr: base learning rate (cosine schedule unless ``schedule`` says otherwise).
         optimizer: the phase's optimiser, built on the model beforehand; None: momentum SGD from the context.
-        extra_loss: ``extra_loss(model) -> scalar`` added to the task loss (a penalty, a distillation term).
+        extra_loss: ``extra_loss(model) -> scalar`` added to the task loss (a penalty).
+        batch_loss: ``batch_loss(inputs, outputs, labels) -> scalar`` added to the task loss (a term that
+            needs the batch, e.g. distillation: ``lambda x, out, y: kd(out, teacher(x))``).
         callbacks: ``fit`` callbacks (``on_step_end`` / ``on_epoch_end``).
         schedule: cosine, step or constant. seed_offset: added to the context's seed.
     """
@@ -86,6 +89,7 @@ class Phase:
     lr: float
     optimizer: torch.optim.Optimizer | None = None
     extra_loss: ExtraLoss | None = None
+    batch_loss: BatchLoss | None = None
     callbacks: tuple[Any, ...] = ()
     schedule: str = "cosine"
     seed_offset: int = 0
@@ -115,7 +119,8 @@ class PhaseRunner:
         c = self.ctx
         ckpt = c.checkpoint_root / phase.name if c.checkpoint_root is not None else None
         return fit(model, c.train_data, phase.optimizer, self.train_config(phase), eval_data=c.val_data,
-                   eval_name="val", extra_loss=phase.extra_loss, callbacks=phase.callbacks, log_path=c.log_path,
+                   eval_name="val", extra_loss=phase.extra_loss, batch_loss=phase.batch_loss,
+                   callbacks=phase.callbacks, log_path=c.log_path,
                    checkpoint_dir=ckpt, resume=c.resume and ckpt is not None, phase=phase.name)
 
     def val_accuracy(self, model: nn.Module) -> float | None:
@@ -158,7 +163,8 @@ class SparsifySpec:
             fine-tune runs on the masked model.
         finalize: the method's finalize (after the sparse phase, before the projection) -> info.
         on_projected: called with the masked model right after the projection (e.g. to save it).
-        finetune_extra_loss: added to the fine-tune's loss (e.g. distillation from the dense model).
+        finetune_batch_loss: added to the fine-tune's loss, ``(inputs, outputs, labels) -> scalar``
+            (e.g. distillation from the dense model's outputs on the same inputs).
         hooks: after-projection / after-surgery model hooks.
     """
 
@@ -167,7 +173,7 @@ class SparsifySpec:
     surgery: Surgery | None = None
     finalize: Callable[[], dict[str, Any]] | None = None
     on_projected: Callable[[nn.Module], None] | None = None
-    finetune_extra_loss: ExtraLoss | None = None
+    finetune_batch_loss: BatchLoss | None = None
     hooks: Hooks = field(default_factory=Hooks)
 
 
@@ -239,8 +245,7 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     ft = spec.finetune
     if ft.epochs > 0:
         opt = masked_optimizer(ft_model, ft_groups, ft.lr, runner.ctx.momentum, runner.ctx.weight_decay)
-        extra = spec.finetune_extra_loss or ft.extra_loss
-        runner.run(ft_model, replace(ft, optimizer=opt, extra_loss=extra,
+        runner.run(ft_model, replace(ft, optimizer=opt, batch_loss=spec.finetune_batch_loss or ft.batch_loss,
                                      callbacks=(*ft.callbacks, GroupCountLogger(ft_groups))))
     seconds["finetune"] = time.perf_counter() - t0
     return SparsifyResult(model=ft_model, groupset=ft_groups, info=info, nonzero_before_projection=before,
