@@ -78,6 +78,17 @@ def test_masked_finetune_leaves_the_surgery_to_prune(tmp_path: Path) -> None:
     assert step_prune(tmp_path) == summary  # a second call is idempotent
 
 
+def test_mask_profiles_keep_exact_k_through_the_compact_finetune(tmp_path: Path) -> None:
+    from hwprune.training.compact import surgery_groups
+
+    res = step_train(FAST.replace(profile="cpu-ort-kernel-shape", train_limit=200), tmp_path)
+    rd = res.rundir
+    assert rd.surgery().params["pruned"] == rd.surgery().params["sparse"]  # masks: nothing to remove
+    final, _ = rd.load_model("pruned")
+    groups = surgery_groups(final, rd.profile, rd, what="final model")
+    assert groups.nonzero_per_scope().tolist() == [s.k for s in res.metrics.scopes]  # zeros stayed zero
+
+
 def test_resuming_a_finished_job_reproduces_it(tmp_path: Path) -> None:
     first = step_train(FAST, tmp_path)
     log_lines = (tmp_path / "train_log.jsonl").read_text().splitlines()

@@ -18,11 +18,9 @@ from torch import nn
 from hwprune.base.errors import ConfigError, DataError
 from hwprune.base.files import atomic_path, atomic_write_json
 
-__all__ = ["save_model", "load_model", "load_run_model", "RUN_STAGES"]
+__all__ = ["save_model", "load_model"]
 
 FORMAT_VERSION = 1
-# Later stages first: load_run_model returns the most processed model of a run directory.
-RUN_STAGES: tuple[str, ...] = ("nm", "pruned", "sparse", "dense")
 
 
 def _spec_of(model: nn.Module) -> dict[str, Any]:
@@ -97,17 +95,3 @@ def load_model(stem: Path) -> tuple[nn.Module, dict[str, Any]]:
     del result
     model.eval()
     return model, meta
-
-
-def load_run_model(run_dir: Path, stage: str | None = None) -> tuple[nn.Module, torch.Tensor, str]:
-    """The most processed model of a run directory (or ``stage``): ``(model, example_input, stage)``."""
-    run_dir = Path(run_dir)
-    stages = (stage,) if stage else RUN_STAGES
-    for name in stages:
-        if (run_dir / f"{name}.json").is_file():
-            model, meta = load_model(run_dir / name)
-            return model, torch.zeros(1, *meta["input_shape"]), name
-    raise DataError(
-        f"{run_dir}: no saved model found (expected one of {', '.join(s + '.json' for s in stages)}); "
-        "run 'hwprune train' or 'hwprune run' first"
-    )

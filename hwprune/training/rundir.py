@@ -43,7 +43,7 @@ from hwprune.training.runconfig import PipelineOptions, RunConfig
 __all__ = ["RunDir", "load_job_data", "EXAMPLE_N", "STAGES"]
 
 EXAMPLE_N = 8  # images in example_input.safetensors (the equivalence checks' real inputs)
-STAGES: tuple[str, ...] = modelio.RUN_STAGES  # most processed first
+STAGES: tuple[str, ...] = ("nm", "pruned", "sparse", "dense")  # saved model stages, most processed first
 _CONFIG, _PROFILE, _EXAMPLE, _LOG = "config.yaml", "profile.yaml", "example_input.safetensors", "train_log.jsonl"
 _GROUPS, _METRICS, _PLAN, _SURGERY = "groups.json", "metrics.json", "surgery_plan.json", "prune_summary.json"
 _NM, _EXPORT, _BENCH, _BUDGET = "nm_summary.json", "export_report.json", "bench.json", "latency_budget.json"
