@@ -114,6 +114,12 @@ def test_cli_prune_and_export_on_run_dir(fast_run: tuple[Path, dict]) -> None:
     r = CliRunner().invoke(cli, ["prune", str(run_dir), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["max_abs_diff"] < 1e-4
+    r = CliRunner().invoke(cli, ["export", str(run_dir), "--opset", "18"])
+    assert r.exit_code == 0, r.output
+    record = RunDir.open(run_dir).export()  # still the run's export record, re-exported with opset 18
+    assert record.stage == "pruned" and record.model["opset"] == 18 and record.model["passed"]
+    r = CliRunner().invoke(cli, ["export", str(run_dir), "--out", str(run_dir / "other.onnx")])
+    assert r.exit_code == 2 and "export record" in r.output
 
 
 def test_run_with_an_nm_profile_masks_and_checks_the_pattern(tmp_path: Path) -> None:

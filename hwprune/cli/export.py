@@ -17,7 +17,9 @@ __all__ = ["COMMANDS", "export"]
 @click.option("--stage", default=None, help="RUN_DIR stage to export (default: the most processed one).")
 @model_input_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="ONNX path (default RUN_DIR/model.onnx); export_report.json goes next to it.")
+              help="ONNX path of one model (required with --model; with RUN_DIR: export only that stage "
+              "there, outside RUN_DIR); export_report.json goes next to it. Without it RUN_DIR is exported "
+              "as the pipeline's export step does (dense.onnx, model.onnx, the run's export record).")
 @click.option("--opset", type=click.IntRange(min=17), default=17, show_default=True)
 @click.option("--atol", type=click.FloatRange(min=0), default=1e-5, show_default=True)
 @click.option("--rtol", type=click.FloatRange(min=0), default=1e-4, show_default=True)
@@ -37,13 +39,24 @@ def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_
 
     if (run_dir is None) == (model_name is None):
         raise ConfigError("give exactly one of RUN_DIR or --model NAME")
+    cfg = ExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, dynamo=dynamo,
+                       simplify=simplify)
     if run_dir is not None:
-        from hwprune.training.rundir import RunDir
+        from hwprune.pipeline.steps import open_run, step_export
 
-        rd = RunDir.open(run_dir)
+        rd = open_run(run_dir)
+        if out is None:  # the run's own export step: dense.onnx, model.onnx and the run's export record
+            rec = step_export(rd, config=cfg, stage=stage)
+            r = rec.model
+            click.echo(f"exported {rec.stage} -> {rd.onnx_path('final')} and dense -> {rd.onnx_path('dense')} "
+                       f"(opset {r['opset']}, {r['num_nodes']} nodes); max abs diff {r['max_abs_diff']:.3g}, "
+                       f"max rel diff {r['max_rel_diff']:.3g} (atol {atol:g}, rtol {rtol:g})")
+            return
+        if out.resolve().parent == rd.root.resolve():
+            raise ConfigError(f"--out {out}: inside {rd.root}, its report would replace the run's export record; "
+                              "omit --out to export the run, or write elsewhere")
         source = stage or rd.final_stage()
         model, example = rd.load_model(source)[0], rd.example_input()
-        out = out or rd.onnx_path("final")
     else:
         assert model_name is not None  # exactly one of the two is given (checked above)
         if out is None:
@@ -51,8 +64,6 @@ def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_
         model, example = model_from_options(model_name, input_size=input_size, in_channels=in_channels,
                                             num_classes=num_classes)
         source = f"model {model_name}"
-    cfg = ExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, dynamo=dynamo,
-                       simplify=simplify)
     report = export_and_validate(model, example, out, cfg, report_path=out.parent / "export_report.json")
     click.echo(f"exported {source} -> {out} (opset {report.opset}, {report.num_nodes} nodes); "
                f"max abs diff {report.max_abs_diff:.3g}, max rel diff {report.max_rel_diff:.3g} "

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -27,6 +27,9 @@ from hwprune.training.config import TrainJobConfig
 from hwprune.training.job import TrainJobResult
 from hwprune.training.runconfig import PipelineOptions
 from hwprune.training.rundir import RunDir
+
+if TYPE_CHECKING:
+    from hwprune.runtime.export import ExportConfig
 
 __all__ = ["PipelineOptions", "run", "sweep", "step_train", "step_prune", "step_nm", "step_export", "step_bench",
            "step_report", "bench_spec_for", "open_run"]
@@ -99,13 +102,17 @@ def step_nm(run: Path | RunDir, opts: PipelineOptions | None = None) -> NMSummar
     return info
 
 
-def step_export(run: Path | RunDir) -> ExportRecord:
-    """Export the dense model and the final model to ONNX with parity checks (``export_report.json``)."""
+def step_export(run: Path | RunDir, *, config: ExportConfig | None = None, stage: str | None = None) -> ExportRecord:
+    """Export the dense model and the final model to ONNX with parity checks (``export_report.json``).
+
+    ``config``: exporter settings (None: the defaults); ``stage``: the model exported as ``model.onnx``
+    (None: the most processed one).
+    """
     from hwprune.runtime.export import ExportConfig, check_nm_pattern, export_and_validate
 
     rd = open_run(run)
-    cfg = ExportConfig()
-    stage = rd.final_stage()
+    cfg = config or ExportConfig()
+    stage = stage or rd.final_stage()
     dense, _ = rd.load_model("dense")
     final, _ = rd.load_model(stage)
     x = rd.example_input()

@@ -121,7 +121,7 @@ class TrainMetrics:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], what: str = "metrics.json") -> TrainMetrics:
+    def from_dict(cls, d: Mapping[str, Any], what: str = "train metrics") -> TrainMetrics:
         """Inverse of :meth:`to_dict`."""
         return _build(cls, d, what,
                       test_accuracy=ByStage(**_get(d, "test_accuracy", what)),
@@ -155,7 +155,7 @@ class SurgerySummary:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], what: str = "prune_summary.json") -> SurgerySummary:
+    def from_dict(cls, d: Mapping[str, Any], what: str = "surgery summary") -> SurgerySummary:
         """Inverse of :meth:`to_dict`."""
         return _build(cls, d, what)
 
@@ -185,7 +185,7 @@ class NMSummary:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], what: str = "nm_summary.json") -> NMSummary:
+    def from_dict(cls, d: Mapping[str, Any], what: str = "N:M summary") -> NMSummary:
         """Inverse of :meth:`to_dict`."""
         return _build(cls, d, what, val_accuracy=ByStage(**_get(d, "val_accuracy", what)))
 
@@ -204,7 +204,7 @@ class ExportRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], what: str = "export_report.json") -> ExportRecord:
+    def from_dict(cls, d: Mapping[str, Any], what: str = "export record") -> ExportRecord:
         """Inverse of :meth:`to_dict`."""
         return _build(cls, d, what)
 
@@ -227,6 +227,6 @@ class BenchRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], what: str = "bench.json") -> BenchRecord:
+    def from_dict(cls, d: Mapping[str, Any], what: str = "timing record") -> BenchRecord:
         """Inverse of :meth:`to_dict`."""
         return _build(cls, d, what)

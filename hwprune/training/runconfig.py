@@ -129,7 +129,7 @@ class RunConfig:
                 "pipeline": self.pipeline.to_dict()}
 
     @classmethod
-    def from_mapping(cls, d: Mapping[str, Any], source: str = "config.yaml") -> RunConfig:
+    def from_mapping(cls, d: Mapping[str, Any], source: str = "run configuration") -> RunConfig:
         """Parse ``config.yaml``; another run format is one ``DataError`` line naming the file.
 
         Raises:
