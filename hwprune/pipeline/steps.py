@@ -157,9 +157,10 @@ def step_export(run_dir: Path) -> dict[str, Any]:
 
 
 def bench_spec_for(profile: HardwareProfile, opts: PipelineOptions) -> tuple[BenchSpec, str | None]:
+    """The profile's bench spec with ``opts``' overrides; ONNX Runtime CPU (and a note) if its backend is absent."""
     import dataclasses
 
-    from hwprune.base.optional import import_optional
+    from hwprune.runtime.availability import backend_problem
 
     spec = profile.bench
     changes: dict[str, Any] = {}
@@ -170,21 +171,14 @@ def bench_spec_for(profile: HardwareProfile, opts: PipelineOptions) -> tuple[Ben
         if v is not None:
             changes[name] = v
     spec = dataclasses.replace(spec, **changes)
-    note = None
-    try:
-        if spec.backend == "tensorrt":
-            import_optional("tensorrt", extra="trt")
-        elif spec.provider == "cuda":
-            ort = import_optional("onnxruntime", extra="onnx-gpu")
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise MissingBackendError("CUDAExecutionProvider not available: pip install 'hwprune[onnx-gpu]'")
-    except MissingBackendError as exc:
-        if not opts.bench_fallback:
-            raise
-        note = f"profile backend {spec.backend}/{spec.provider}/{spec.precision} unavailable here ({exc}); " \
-               "timed on onnxruntime CPU fp32 instead"
-        spec = dataclasses.replace(spec, backend="onnxruntime", provider="cpu", precision="fp32")
-    return spec, note
+    problem = backend_problem(spec.backend, spec.provider, need_gpu_check=False)
+    if problem is None:
+        return spec, None
+    if not opts.bench_fallback:
+        raise MissingBackendError(problem)
+    note = f"profile backend {spec.backend}/{spec.provider}/{spec.precision} unavailable here ({problem}); " \
+           "timed on onnxruntime CPU fp32 instead"
+    return dataclasses.replace(spec, backend="onnxruntime", provider="cpu", precision="fp32"), note
 
 
 def step_bench(run_dir: Path, opts: PipelineOptions = PipelineOptions()) -> dict[str, Any]:

@@ -14,7 +14,6 @@ because CPU timings move by 10-20 % between runs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,11 +33,13 @@ from hwprune.base.errors import (
     NumericalMismatchError,
 )
 from hwprune.base.optional import import_optional
+from hwprune.runtime.availability import require_backend
 
 if TYPE_CHECKING:
     from hwprune.profiles import BenchSpec
 
-__all__ = ["LatencyStats", "BenchWorkerError", "BACKENDS", "measure", "compare", "summarize", "run_request"]
+__all__ = ["LatencyStats", "BenchWorkerError", "BACKENDS", "measure", "measure_many", "compare", "summarize",
+           "run_request", "round_order"]
 
 DEFAULT_TIMEOUT_S = 900.0
 _INPUT_SEED = 0
@@ -102,42 +103,32 @@ def summarize(rounds_ms: Sequence[Sequence[float]], *, batch: int, meta: dict[st
 
 
 # --------------------------------------------------------------------------- worker side (runs in the subprocess)
+def round_order(n: int, round_index: int, req: dict[str, Any]) -> list[int]:
+    """Order in which round ``round_index`` times the ``n`` models.
 
-_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+    As given, or a permutation per round when the request has ``shuffle_seed`` (calibration sweeps:
+    slow drift of the machine must not look like a trend over the widths).
+    """
+    seed = req.get("shuffle_seed")
+    if seed is None:
+        return list(range(n))
+    return [int(i) for i in np.random.default_rng([int(seed), int(round_index)]).permutation(n)]
+
 
 
 def _feeds(inputs: Sequence[Any], batch: int, input_shape: Sequence[int] | None) -> dict[str, np.ndarray]:
     """Random numpy inputs for ORT ``NodeArg``s with the batch dim (dim 0) set to ``batch``."""
-    rng = np.random.default_rng(_INPUT_SEED)
-    feeds = {}
-    for inp in inputs:
-        dims = list(inp.shape)
-        if isinstance(dims[0], int) and dims[0] != batch:
-            raise ConfigError(f"input '{inp.name}' has a fixed batch of {dims[0]}, cannot time batch {batch}; "
-                              "export with a dynamic batch axis")
-        rest = list(input_shape) if input_shape is not None else dims[1:]
-        if len(rest) != len(dims) - 1 or not all(isinstance(d, int) for d in rest):
-            raise ConfigError(f"input '{inp.name}' has shape {inp.shape}; pass input_shape (without batch) "
-                              f"with {len(dims) - 1} integer dims")
-        dtype = _NP_DTYPES.get(inp.type)
-        if dtype is None:
-            raise ConfigError(f"input '{inp.name}' has unsupported type {inp.type}; valid: {sorted(_NP_DTYPES)}")
-        feeds[inp.name] = rng.standard_normal([batch, *rest]).astype(dtype)
-    return feeds
+    from hwprune.runtime.feeds import InputSpec, random_feeds
+
+    specs = [InputSpec(i.name, tuple(d if isinstance(d, int) else (d or None) for d in i.shape), i.type)
+             for i in inputs]
+    return random_feeds(specs, batch, input_shape, seed=_INPUT_SEED)
 
 
 def _ort_providers(ort: Any, provider: str) -> list[str]:
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    if provider == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise MissingBackendError(
-                f"onnxruntime has no CUDAExecutionProvider (available: {ort.get_available_providers()}); "
-                "install it with: pip install 'hwprune[onnx-gpu]'")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ConfigError(f"unknown provider '{provider}'; valid: cpu, cuda")
+
+    require_backend("onnxruntime", provider)
+    return ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def _time_ort_round(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str]) -> list[float]:
@@ -171,9 +162,9 @@ def _run_ort(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
     out: list[list[dict[str, Any]]] = [[] for _ in paths]
     for batch in req["batch_sizes"]:
         rounds: list[list[list[float]]] = [[] for _ in paths]
-        for _ in range(int(req["repeats"])):
-            for i, path in enumerate(paths):
-                rounds[i].append(_time_ort_round(ort, path, req, batch, providers))
+        for r in range(int(req["repeats"])):
+            for i in round_order(len(paths), r, req):
+                rounds[i].append(_time_ort_round(ort, paths[i], req, batch, providers))
         for i in range(len(paths)):
             stats = summarize(rounds[i], batch=batch, meta=meta)
             stats.extra.update(ort_version=ort.__version__, ort_provider=providers[0])
@@ -200,8 +191,9 @@ def _run_trt(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
                                              workspace_mb=int(req.get("workspace_mb", 1024)))
             engines.append((engine, inp.name, (batch, *shape), info))
         rounds: list[list[list[float]]] = [[] for _ in paths]
-        for _ in range(int(req["repeats"])):
-            for i, (engine, name, shape, _info) in enumerate(engines):
+        for r in range(int(req["repeats"])):
+            for i in round_order(len(engines), r, req):
+                engine, name, shape, _info = engines[i]
                 rounds[i].append(_trt.time_engine(engine, name, shape, warmup=int(req["warmup"]),
                                                   iters=int(req["iters"])))
         for i, (_e, _n, _s, info) in enumerate(engines):
@@ -211,8 +203,15 @@ def _run_trt(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
     return out
 
 
+def _run_openvino(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    from hwprune.runtime.openvino import run_openvino
+
+    return run_openvino(paths, req)
+
+
 BACKENDS: dict[str, Callable[[Sequence[str], dict[str, Any]], list[list[dict[str, Any]]]]] = {
     "onnxruntime": _run_ort,
+    "openvino": _run_openvino,
     "tensorrt": _run_trt,
 }
 
@@ -238,7 +237,7 @@ _ERRORS: dict[str, type[HwpruneError]] = {c.__name__: c for c in (
 
 
 def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | None,
-             input_shape: Sequence[int] | None, trt_sparse: bool) -> dict[str, Any]:
+             input_shape: Sequence[int] | None, trt_sparse: bool, shuffle_seed: int | None = None) -> dict[str, Any]:
     batch_sizes = [int(batch_size)] if batch_size is not None else [int(b) for b in spec.batch_sizes]
     if not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"batch sizes must be >= 1, got {batch_sizes}")
@@ -247,15 +246,15 @@ def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | Non
                           f"repeats={spec.repeats}, warmup={spec.warmup}, threads={spec.threads}")
     if spec.backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{spec.backend}'; valid: {sorted(BACKENDS)}")
-    if spec.backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        raise MissingBackendError("backend 'tensorrt' is not installed; install it with: pip install 'hwprune[trt]'")
+    require_backend(spec.backend, spec.provider)
     for p in paths:
         if not Path(p).is_file():
             raise DataError(f"ONNX model not found: {p}")
     return {"paths": [str(Path(p).resolve()) for p in paths], "backend": spec.backend, "provider": spec.provider,
             "precision": spec.precision, "batch_sizes": batch_sizes, "warmup": int(spec.warmup),
             "iters": int(spec.iters), "repeats": int(spec.repeats), "threads": int(spec.threads),
-            "input_shape": list(input_shape) if input_shape is not None else None, "trt_sparse": trt_sparse}
+            "input_shape": list(input_shape) if input_shape is not None else None, "trt_sparse": trt_sparse,
+            "shuffle_seed": shuffle_seed}
 
 
 def _spawn(req: dict[str, Any], timeout_s: float) -> list[list[dict[str, Any]]]:
@@ -301,6 +300,29 @@ def measure(onnx_path: str | Path, spec: BenchSpec, *, batch_size: int | None = 
     """
     req = _request([onnx_path], spec, batch_size, input_shape, trt_sparse)
     return [LatencyStats.from_dict(d) for d in _spawn(req, timeout_s)[0]]
+
+
+def measure_many(onnx_paths: Sequence[str | Path], spec: BenchSpec, *, batch_size: int | None = None,
+                 shuffle_seed: int | None = 0, timeout_s: float = DEFAULT_TIMEOUT_S, trt_sparse: bool = False,
+                 runner: Callable[[dict[str, Any]], list[list[dict[str, Any]]]] | None = None,
+                 ) -> list[list[LatencyStats]]:
+    """Time many models in ONE fresh worker, interleaved round by round (order shuffled per round by default).
+
+    Args:
+        onnx_paths: the models (dynamic batch dim 0).
+        spec: backend, provider, precision, batch sizes, loop counts, threads.
+        batch_size: time only this batch size.
+        shuffle_seed: seed of the per-round model order (None: the order given).
+        timeout_s: wall-clock limit of the worker, seconds.
+        trt_sparse: TensorRT only: build with ``SPARSE_WEIGHTS``.
+        runner: execute the request differently (tests: ``run_request`` in this process); default a subprocess.
+
+    Returns:
+        ``[model][batch]`` ``LatencyStats``; ``extra["round_medians_ms"]`` has one median per round.
+    """
+    req = _request(list(onnx_paths), spec, batch_size, None, trt_sparse, shuffle_seed)
+    raw = runner(req) if runner is not None else _spawn(req, timeout_s)
+    return [[LatencyStats.from_dict(d) for d in per_model] for per_model in raw]
 
 
 def compare(dense_onnx: str | Path, pruned_onnx: str | Path, spec: BenchSpec, *, batch_size: int | None = None,
