@@ -120,8 +120,7 @@ def _feeds(inputs: Sequence[Any], batch: int, input_shape: Sequence[int] | None)
     """Random numpy inputs for ORT ``NodeArg``s with the batch dim (dim 0) set to ``batch``."""
     from hwprune.runtime.feeds import InputSpec, random_feeds
 
-    specs = [InputSpec(i.name, tuple(d if isinstance(d, int) else (d or None) for d in i.shape), i.type)
-             for i in inputs]
+    specs = [InputSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), i.type) for i in inputs]
     return random_feeds(specs, batch, input_shape, seed=_INPUT_SEED)
 
 

@@ -1,7 +1,7 @@
 """The one helper that makes random input arrays for an ONNX graph's inputs (ORT and OpenVINO alike).
 
-``random_feeds(inputs, batch, ...)`` takes ``InputSpec``s (name, dims with ``None`` or a string for a
-symbolic dim, element type as ONNX spells it, e.g. ``tensor(float)``) and returns standard-normal
+``random_feeds(inputs, batch, ...)`` takes ``InputSpec``s (name, dims with ``None`` for a symbolic
+dim, element type as ONNX spells it, e.g. ``tensor(float)``) and returns standard-normal
 numpy arrays (integer types get zeros, bool False) with dim 0 set to ``batch``. ``ort_inputs(sess)``
 converts an ONNX Runtime session's ``NodeArg``s; ``hwprune.runtime.openvino`` converts OpenVINO's.
 """
@@ -27,16 +27,16 @@ NP_DTYPES: dict[str, type[np.generic]] = {
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One graph input: ``dims`` holds ints for fixed dims and ``None`` / a name for symbolic ones."""
+    """One graph input: ``dims`` holds ints for fixed dims and ``None`` for symbolic ones."""
 
     name: str
-    dims: tuple[int | str | None, ...]
+    dims: tuple[int | None, ...]
     type: str
 
 
 def ort_inputs(sess: Any) -> list[InputSpec]:
     """``InputSpec``s of an ``onnxruntime.InferenceSession`` (``sess.get_inputs()``)."""
-    return [InputSpec(i.name, tuple(d if isinstance(d, int) else (d or None) for d in i.shape), i.type)
+    return [InputSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), i.type)
             for i in sess.get_inputs()]
 
 
