@@ -152,6 +152,12 @@ def step_export(run_dir: Path) -> dict[str, Any]:
         names = onnx_nm_weight_names(run_dir / "model.onnx", final, nm_info["param_names"])
         report["nm_pattern"] = check_nm_pattern(run_dir / "model.onnx", nm_info["n"], nm_info["m"],
                                                 weight_names=names).to_dict()
+    if run_profile(run_dir).bench.backend == "openvino":  # the profile's runtime: check its outputs too
+        from hwprune.runtime.availability import backend_problem
+        from hwprune.runtime.openvino import validate_openvino
+
+        if backend_problem("openvino") is None:
+            report["openvino"] = validate_openvino(final, run_dir / "model.onnx")
     atomic_write_json(run_dir / "export_report.json", report)
     return report
 

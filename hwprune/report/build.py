@@ -96,7 +96,27 @@ def build_report(run_dir: Path, *, step_seconds: dict[str, float]) -> dict[str, 
         report["nm"] = {k: v for k, v in nm.items() if k not in ("param_names",)}
     if budget:
         report["latency_budget"] = budget
+    staircase = _staircase_widths(run_dir, dense, plan)
+    if staircase:
+        report["staircase_widths"] = staircase
+    if export.get("openvino"):
+        keep = ("max_abs_diff", "passed", "atol", "rtol")
+        report["export"]["openvino"] = {k: export["openvino"].get(k) for k in keep}
     return report
+
+
+def _staircase_widths(run_dir: Path, dense: Any, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """Per layer, the kept width against the staircase of the run's calibrated profile (None if not calibrated)."""
+    from hwprune.profiles import load_profile
+    from hwprune.runtime.steptable import kept_vs_staircase
+
+    path = run_dir / "profile.yaml"
+    cal = load_profile(path).calibration if path.is_file() else None
+    if cal is None:
+        return None
+    blocks = dict(cal.blocks)
+    return {"blocks": blocks, "backend": cal.backend, "threads": cal.threads, "batch": cal.batch,
+            "layers": kept_vs_staircase(dense, plan.get("widths", []), blocks)}
 
 
 def pareto_points(report: dict[str, Any], label: str) -> list[dict[str, Any]]:

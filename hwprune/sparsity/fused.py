@@ -4,10 +4,10 @@ Eager PyTorch runs dozens of small ops per call on the shapes that matter for la
 blocks, channel groups of 64 weights), far from memory speed. ``prox_kernel.c`` does the same math in
 one pass: the N:M prox per block (root in double, the same threshold tests as the eager code) and the
 per-scope root of the channel-group prox (bracketed Newton on the piecewise linear ``h``, double).
-It is built with ``cc -O3 -march=native -ffp-contract=off`` (about a second) into
+It is built with ``cc -O3 -march=native -ffp-contract=off -fno-trapping-math`` (about a second) into
 ``$HWPRUNE_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/hwprune/kernels`` or ``~/.cache/hwprune/kernels``),
 keyed by the source, flags and CPU model, and loaded with ``ctypes``. The N:M root is double; the
-2:4 path applies its four factors in the data's precision (float32 data: float32 scale).
+2:4 closed form runs in the data's precision (float32 data: float32 root and scale, 16 lanes).
 
 Policy (``$HWPRUNE_PROX_KERNEL``): ``auto`` (default) uses the kernel for calls with at least
 ``MIN_ELEMENTS`` elements when it compiles; ``on`` for every call (tests); ``off`` never. Without a
@@ -31,14 +31,14 @@ import torch
 from torch import Tensor
 
 __all__ = ["MIN_ELEMENTS", "MAX_M", "mode", "available", "use_for", "nm_applicable", "all_finite", "nm_prox_",
-           "group_scales", "kernel_path"]
+           "group_scales", "group_prox_", "kernel_path"]
 
 log = logging.getLogger(__name__)
 
 MIN_ELEMENTS = 1 << 16  # auto mode: below this, call overhead and eager speed are both negligible
 MAX_M = 64  # largest N:M block the kernel handles
 _SOURCE = Path(__file__).with_name("prox_kernel.c")
-_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared")
+_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fPIC", "-shared")
 _MODES = ("auto", "on", "off")
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -107,6 +107,9 @@ def _load() -> ctypes.CDLL | None:
         getattr(lib, name).argtypes = [ptr, i64]
         getattr(lib, name).restype = ctypes.c_int
     lib.group_scales.argtypes = [ptr, ptr, dbl, ptr, i64, i64, dbl, ptr]
+    for name in ("group_prox_float", "group_prox_double"):
+        getattr(lib, name).argtypes = [ptr, i64, i64, i64, ptr, dbl, dbl, ptr]
+        getattr(lib, name).restype = ctypes.c_int
     lib.group_scales.restype = None
     _lib = lib
     return lib
@@ -167,3 +170,20 @@ def group_scales(z: Tensor, c: Tensor | None, c0: float, k: Tensor, tol: float) 
     lib.group_scales(z.data_ptr(), None if cc is None else cc.data_ptr(), float(c0), kk.data_ptr(), z.shape[0],
                      z.shape[1], float(tol), out.data_ptr())
     return out
+
+
+def group_prox_(rows: Tensor, k: Tensor, lam: float, tol: float) -> bool | None:
+    """Whole in-place prox with uniform weights on contiguous CPU rows (B, m, s): norms, root, scale in C.
+
+    ``k`` (B,) float64. Returns True when done, None when not applicable (layout, dtype, no kernel), and
+    False when a group norm is not finite (nothing was written).
+    """
+    lib = _load()
+    if (lib is None or rows.dim() != 3 or rows.device.type != "cpu" or not rows.is_contiguous()
+            or rows.dtype not in (torch.float32, torch.float64)):
+        return None
+    b, m, s = rows.shape
+    scratch = torch.empty((b + 1) * m, dtype=torch.float64)
+    kk = k.to(torch.float64).contiguous()
+    fn = lib.group_prox_float if rows.dtype == torch.float32 else lib.group_prox_double
+    return fn(rows.data_ptr(), b, m, s, kk.data_ptr(), float(lam), float(tol), scratch.data_ptr()) == 0

@@ -246,7 +246,23 @@ def group_scales(norms: Tensor, k: int | Tensor, lam: float, weights: Tensor | N
 
 def prox_(rows: Tensor, k: int | Tensor, lam: float, weights: Tensor | None = None,
           *, method: str = "sort") -> Tensor:
-    """In-place prox of ``lam * WGSEF_{k,d}`` on group rows (m, s) or (B, m, s); returns ``rows``."""
+    """In-place prox of ``lam * WGSEF_{k,d}`` on group rows (m, s) or (B, m, s); returns ``rows``.
+
+    Large contiguous calls with uniform weights run as one fused C pass (``hwprune.sparsity.fused``).
+    """
+    if (weights is None and method == "sort" and isinstance(rows, Tensor) and rows.dim() in (2, 3)
+            and fused.use_for(rows.numel())):
+        lam_f = _check_lam(lam)
+        view = rows if rows.dim() == 3 else rows.unsqueeze(0)
+        kt = _batch_k(k, view.shape[0] if rows.dim() == 3 else None)
+        if lam_f == 0.0:
+            return rows
+        with torch.no_grad():
+            done = fused.group_prox_(view.detach(), kt, lam_f, ROOT_TOL)
+        if done is False:
+            raise ValueError("rows/norms must be finite (found NaN or inf)")
+        if done:
+            return rows
     s = group_scales(_row_norms(rows), k, lam, weights, method=method)
     return rows.mul_(s.to(rows.dtype).unsqueeze(-1))
 
