@@ -52,8 +52,8 @@ class RunReport(TypedDict, total=False):
     (``hwprune.runtime.envinfo.collect_env()``), ``versions`` (package -> version), ``timings`` (step -> s).
     Optional: ``run_dir``, ``created``, ``widths`` (surgery plan widths), ``sweep`` (Pareto points
     ``{label, accuracy, latency_ms, kind}``), ``notes``, ``staircase_widths`` (calibrated profiles: per
-    layer the kept width against the measured staircase, ``hwprune.runtime.steptable.kept_vs_staircase``). Added by :func:`derive`: ``speedup``,
-    ``mac_reduction``, ``param_reduction``, ``plots``.
+    layer the kept width against the measured staircase, ``hwprune.runtime.steptable.kept_vs_staircase``).
+    Added by :func:`derive`: ``speedup``, ``mac_reduction``, ``param_reduction``, ``plots``.
     """
 
     schema_version: int
