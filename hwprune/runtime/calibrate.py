@@ -153,7 +153,8 @@ def _versions(backend: str) -> dict[str, str]:
 
 
 def calibrate(settings: CalibrationSettings, *, facts: MachineFacts | None = None, runner: Runner | None = None,
-              work_dir: Path | None = None, timeout_s: float = 1800.0) -> CalibrationResult:
+              work_dir: Path | None = None, probe_dir: Path | None = None,
+              timeout_s: float = 1800.0) -> CalibrationResult:
     """Export the probes, time them all in one fresh worker, find each kind's staircase.
 
     Args:
@@ -161,6 +162,7 @@ def calibrate(settings: CalibrationSettings, *, facts: MachineFacts | None = Non
         facts: this machine (default ``detect_machine()``).
         runner: execute the timing request in another way (tests); default a fresh subprocess.
         work_dir: where the temporary ONNX files go (default the system temporary directory).
+        probe_dir: keep the probe ONNX files here and re-use those that exist (default: a temporary directory).
         timeout_s: wall-clock limit of the timing worker, seconds.
     """
     from hwprune.profiles.machine import detect_machine
@@ -176,10 +178,14 @@ def calibrate(settings: CalibrationSettings, *, facts: MachineFacts | None = Non
     keys = [(k, w) for k in settings.kinds for w in widths]
     cfg = ExportConfig(output_names=("output",))
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="hwprune-calib-") as tmp:
+        root = Path(probe_dir) if probe_dir is not None else Path(tmp)
         paths = []
         for kind, w in keys:
-            mod, shape = probe_model(kind, w)
-            paths.append(to_onnx(mod, torch.zeros(1, *shape), Path(tmp) / f"{kind}-{w}.onnx", cfg))
+            path = root / f"{kind}-{w}.onnx"
+            if probe_dir is None or not path.is_file():
+                mod, shape = probe_model(kind, w)
+                to_onnx(mod, torch.zeros(1, *shape), path, cfg)
+            paths.append(path)
         stats = measure_many(paths, settings.bench_spec(), batch_size=settings.batch,
                              shuffle_seed=settings.seed, timeout_s=timeout_s, runner=runner)
     rounds = np.array([s[0].extra["round_medians_ms"] for s in stats], dtype=np.float64).T  # (R, K*W)
