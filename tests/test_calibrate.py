@@ -1,5 +1,7 @@
-"""Width staircase detection, 'hwprune profile calibrate' on a tiny sweep (fake timings), calibrated profiles in
-the user's profile directory and their ranking, and the TensorRT calibration path against the fake module.
+"""Width staircase detection and 'hwprune profile calibrate' on a tiny sweep (fake timings).
+
+Also: calibrated profiles in the user's profile directory and their ranking, and the TensorRT calibration
+path against the fake module.
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ def test_cli_calibrate_writes_profile(tmp_path: Path, probes: Path, monkeypatch:
 
     real = cal_mod.calibrate
     runner = fake_runner({"conv": 4, "depthwise": 2, "linear": 2, "attention_mlp": 1})
-    monkeypatch.setattr(cal_mod, "calibrate", lambda s, facts=None: real(s, facts=HERE, probe_dir=probes, runner=runner))
+    monkeypatch.setattr(cal_mod, "calibrate",
+                        lambda s, facts=None: real(s, facts=HERE, probe_dir=probes, runner=runner))
     out = tmp_path / "c.yaml"
     res = CliRunner().invoke(cli, ["profile", "calibrate", "--out", str(out), "--kinds", "conv,linear",
                                    "--min-width", "8", "--max-block", "4", "--repeats", "3", "--json"])
