@@ -124,8 +124,10 @@ class LatencyPredictor:
         for o, i in enumerate(idx):
             j = self.out_ent[i]
             width = self.full_out[i] if j < 0 else self.full_out[i] * (1.0 - removed[j] / totals[j])
-            frac = float(np.prod([1.0 - removed[c] / totals[c] for c in self.in_ents[i]])) if self.in_ents[i] else 1.0
-            out[o] = self.table.cost(self.layers[i], max(width, 1.0)) * frac
+            name = self.layers[i]
+            frac = float(np.prod([self.table.input_fraction(name, totals[c] - removed[c], totals[c])
+                                  for c in self.in_ents[i]])) if self.in_ents[i] else 1.0
+            out[o] = self.table.cost(name, max(width, 1.0)) * frac
         return out
 
     def predict(self, k: Tensor) -> float:

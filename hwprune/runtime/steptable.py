@@ -59,6 +59,10 @@ class StepLatencyTable(LatencyTable):
         c = self._curve(layer)
         return super().cost(layer, step_width(width, self.block(layer), c.spec.out_channels))
 
+    def input_fraction(self, layer: str, kept: float, total: float) -> float:
+        """Kept input channels count as the next multiple of the layer's block (the probes time layer pairs)."""
+        return super().input_fraction(layer, step_width(kept, self.block(layer), int(total)), total)
+
 
 def kept_vs_staircase(model: nn.Module, widths: Sequence[Mapping[str, Any]],
                       blocks: Mapping[str, int]) -> list[dict[str, Any]]:
