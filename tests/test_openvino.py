@@ -1,5 +1,7 @@
-"""OpenVINO backend (timing, parity against PyTorch, CLI, profile, measured selection), the one availability check
-and the one random-feeds helper. OpenVINO tests skip cleanly when the extra is not installed.
+"""OpenVINO backend (timing, parity against PyTorch, CLI, profile, measured selection) and its helpers.
+
+Also the one availability check and the one random-feeds helper. OpenVINO tests skip cleanly when the
+extra is not installed.
 """
 
 from __future__ import annotations
