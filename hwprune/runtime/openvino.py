@@ -25,6 +25,7 @@ import numpy as np
 from hwprune.base.errors import ConfigError, NumericalMismatchError
 from hwprune.base.optional import import_optional
 from hwprune.runtime.feeds import InputSpec, random_feeds
+from hwprune.runtime.stats import round_order, summarize
 
 if TYPE_CHECKING:
     from torch import nn
@@ -109,8 +110,6 @@ def _time_round(core: Any, path: str, req: dict[str, Any], batch: int) -> tuple[
 
 def run_openvino(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """Worker runner (``hwprune.runtime.bench.BACKENDS["openvino"]``): [model][batch] ``LatencyStats`` dicts."""
-    from hwprune.runtime.bench import round_order, summarize
-
     ov = _ov()
     if req["provider"] != "cpu":
         raise ConfigError(f"openvino runs on provider 'cpu' (device {OV_DEVICE}), got '{req['provider']}'")
