@@ -125,8 +125,9 @@ class LatencyPredictor:
             j = self.out_ent[i]
             width = self.full_out[i] if j < 0 else self.full_out[i] * (1.0 - removed[j] / totals[j])
             name = self.layers[i]
-            frac = float(np.prod([self.table.input_fraction(name, totals[c] - removed[c], totals[c])
-                                  for c in self.in_ents[i]])) if self.in_ents[i] else 1.0
+            fracs = [self.table.input_fraction(name, float(totals[c] - removed[c]), float(totals[c]))
+                     for c in self.in_ents[i]]
+            frac = float(np.prod(np.asarray(fracs, dtype=np.float64))) if fracs else 1.0
             out[o] = self.table.cost(name, max(width, 1.0)) * frac
         return out
 
@@ -348,7 +349,8 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
         pred = LatencyPredictor(gs, StepLatencyTable.from_table(table, stair), dense_ms=dense_ms)
     else:
         pred = LatencyPredictor(gs, table, dense_ms=dense_ms)
-    target, iterations = budget_ms, []
+    target = budget_ms
+    iterations: list[dict[str, Any]] = []
     for it in range(2):
         k = choose_k_for_budget(gs, table, target, dense_ms=dense_ms, staircase=stair)
         predicted = pred.predict(k)

@@ -25,7 +25,7 @@ def _measurable(p: HardwareProfile, facts: MachineFacts) -> str | None:
     return backend_problem(b.backend, b.provider, need_gpu_check=False)
 
 
-def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict]:
+def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict[str, Any]]:
     """Zero the lowest-norm removable groups beyond k per scope, then run surgery -> (compact, plan)."""
     import torch
 

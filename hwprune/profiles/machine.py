@@ -244,7 +244,7 @@ def _match_device(profile: HardwareProfile, facts: MachineFacts) -> ProfileMatch
         reasons.append("groups are removable by surgery (+1)" if bonus
                        else "some groups are masks/kernel shapes, not removable (+0)")
         return ProfileMatch(profile.name, GENERIC_SCORE + bonus, True, reasons)
-    reasons: list[str] = []
+    reasons = []
     ok = True
     want_arch = _norm_arch(dev.arch)
     if want_arch != "any":

@@ -96,7 +96,7 @@ class KindCurve:
     @property
     def median_ms(self) -> np.ndarray:
         """(W,) median over rounds."""
-        return np.median(self.rounds_ms, axis=0)
+        return np.asarray(np.median(self.rounds_ms, axis=0), dtype=np.float64)
 
 
 @dataclass

@@ -76,7 +76,7 @@ def _candidates(widths: np.ndarray, candidates: Sequence[int]) -> list[int]:
     return [int(b) for b in candidates if b == 1 or span >= _MIN_STEPS * b]
 
 
-def rounding_cost(widths: Sequence[int], curve: Sequence[float], b: int) -> float:
+def rounding_cost(widths: Sequence[int] | np.ndarray, curve: Sequence[float] | np.ndarray, b: int) -> float:
     """``rho(b)`` of the module docstring (nan when the curve has no positive slope on the multiples of ``b``)."""
     w = np.asarray(widths, dtype=np.int64)
     t = np.asarray(curve, dtype=np.float64)

@@ -186,4 +186,4 @@ def group_prox_(rows: Tensor, k: Tensor, lam: float, tol: float) -> bool | None:
     scratch = torch.empty((b + 1) * m, dtype=torch.float64)
     kk = k.to(torch.float64).contiguous()
     fn = lib.group_prox_float if rows.dtype == torch.float32 else lib.group_prox_double
-    return fn(rows.data_ptr(), b, m, s, kk.data_ptr(), float(lam), float(tol), scratch.data_ptr()) == 0
+    return bool(fn(rows.data_ptr(), b, m, s, kk.data_ptr(), float(lam), float(tol), scratch.data_ptr()) == 0)
