@@ -138,3 +138,17 @@ def test_select_measure_times_openvino_against_its_own_dense() -> None:
     assert by["x86-openvino"]["backend"] == "openvino" and by["x86-openvino"]["speedup"] == pytest.approx(
         by["dense@openvino"]["median_ms"] / by["x86-openvino"]["median_ms"])
     assert sum(r["recommended"] for r in rows) == 1
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_measure_many_reuses_sessions_and_shuffles(backend: str, onnx_pair: tuple[Path, Path]) -> None:
+    if backend == "openvino" and not HAS_OV:
+        pytest.skip("openvino not installed")
+    from hwprune.runtime.bench import measure_many, round_order
+
+    spec = BenchSpec(backend=backend, batch_sizes=(1,), warmup=1, iters=3, repeats=3, threads=1)  # type: ignore[arg-type]
+    stats = measure_many(onnx_pair, spec, fresh_sessions=False, shuffle_seed=0)
+    assert [len(s) for s in stats] == [1, 1] and all(len(s[0].extra["round_medians_ms"]) == 3 for s in stats)
+    orders = [round_order(5, r, {"shuffle_seed": 0}) for r in range(3)]
+    assert all(sorted(o) == list(range(5)) for o in orders) and len({tuple(o) for o in orders}) > 1
+    assert round_order(3, 0, {}) == [0, 1, 2]

@@ -65,16 +65,22 @@ def _ort_providers(ort: Any, provider: str) -> list[str]:
     return ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _time_ort_round(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str]) -> list[float]:
-    """One round: fresh session, ``warmup`` untimed runs, then ``iters`` timed runs (ms each)."""
-    from time import perf_counter_ns
-
+def _ort_session(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str]) -> tuple[Any, Any]:
+    """A session for ``path`` (the request's threads, all graph optimisations) and its random feeds."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(req["threads"])
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     sess = ort.InferenceSession(path, opts, providers=providers)
-    feeds = _feeds(sess.get_inputs(), batch, req.get("input_shape"))
+    return sess, _feeds(sess.get_inputs(), batch, req.get("input_shape"))
+
+
+def _time_ort_round(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str],
+                    prepared: tuple[Any, Any] | None = None) -> list[float]:
+    """One round: fresh session (unless ``prepared``), ``warmup`` untimed runs, then ``iters`` timed runs (ms)."""
+    from time import perf_counter_ns
+
+    sess, feeds = prepared if prepared is not None else _ort_session(ort, path, req, batch, providers)
     for _ in range(int(req["warmup"])):
         sess.run(None, feeds)
     times = []
@@ -96,9 +102,13 @@ def _run_ort(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
     out: list[list[dict[str, Any]]] = [[] for _ in paths]
     for batch in req["batch_sizes"]:
         rounds: list[list[list[float]]] = [[] for _ in paths]
+        cache: dict[int, tuple[Any, Any]] = {}  # fresh_sessions False: one session per model for all rounds
         for r in range(int(req["repeats"])):
             for i in round_order(len(paths), r, req):
-                rounds[i].append(_time_ort_round(ort, paths[i], req, batch, providers))
+                prepared = None
+                if not req.get("fresh_sessions", True):
+                    prepared = cache.setdefault(i, _ort_session(ort, paths[i], req, batch, providers))
+                rounds[i].append(_time_ort_round(ort, paths[i], req, batch, providers, prepared))
         for i in range(len(paths)):
             stats = summarize(rounds[i], batch=batch, meta=meta)
             stats.extra.update(ort_version=ort.__version__, ort_provider=providers[0])
@@ -171,7 +181,8 @@ _ERRORS: dict[str, type[HwpruneError]] = {c.__name__: c for c in (
 
 
 def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | None,
-             input_shape: Sequence[int] | None, trt_sparse: bool, shuffle_seed: int | None = None) -> dict[str, Any]:
+             input_shape: Sequence[int] | None, trt_sparse: bool, shuffle_seed: int | None = None,
+             fresh_sessions: bool = True) -> dict[str, Any]:
     batch_sizes = [int(batch_size)] if batch_size is not None else [int(b) for b in spec.batch_sizes]
     if not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"batch sizes must be >= 1, got {batch_sizes}")
@@ -188,7 +199,7 @@ def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | Non
             "precision": spec.precision, "batch_sizes": batch_sizes, "warmup": int(spec.warmup),
             "iters": int(spec.iters), "repeats": int(spec.repeats), "threads": int(spec.threads),
             "input_shape": list(input_shape) if input_shape is not None else None, "trt_sparse": trt_sparse,
-            "shuffle_seed": shuffle_seed}
+            "shuffle_seed": shuffle_seed, "fresh_sessions": fresh_sessions}
 
 
 def _spawn(req: dict[str, Any], timeout_s: float) -> list[list[dict[str, Any]]]:
@@ -237,7 +248,8 @@ def measure(onnx_path: str | Path, spec: BenchSpec, *, batch_size: int | None = 
 
 
 def measure_many(onnx_paths: Sequence[str | Path], spec: BenchSpec, *, batch_size: int | None = None,
-                 shuffle_seed: int | None = 0, timeout_s: float = DEFAULT_TIMEOUT_S, trt_sparse: bool = False,
+                 shuffle_seed: int | None = 0, fresh_sessions: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 trt_sparse: bool = False,
                  runner: Callable[[dict[str, Any]], list[list[dict[str, Any]]]] | None = None,
                  ) -> list[list[LatencyStats]]:
     """Time many models in ONE fresh worker, interleaved round by round (order shuffled per round by default).
@@ -247,6 +259,8 @@ def measure_many(onnx_paths: Sequence[str | Path], spec: BenchSpec, *, batch_siz
         spec: backend, provider, precision, batch sizes, loop counts, threads.
         batch_size: time only this batch size.
         shuffle_seed: seed of the per-round model order (None: the order given).
+        fresh_sessions: a fresh ORT session / OpenVINO compile per round (False: one per model, re-timed in
+            every round; calibration sweeps of hundreds of probes, where compilation would dominate).
         timeout_s: wall-clock limit of the worker, seconds.
         trt_sparse: TensorRT only: build with ``SPARSE_WEIGHTS``.
         runner: execute the request differently (tests: ``run_request`` in this process); default a subprocess.
@@ -254,7 +268,7 @@ def measure_many(onnx_paths: Sequence[str | Path], spec: BenchSpec, *, batch_siz
     Returns:
         ``[model][batch]`` ``LatencyStats``; ``extra["round_medians_ms"]`` has one median per round.
     """
-    req = _request(list(onnx_paths), spec, batch_size, None, trt_sparse, shuffle_seed)
+    req = _request(list(onnx_paths), spec, batch_size, None, trt_sparse, shuffle_seed, fresh_sessions)
     raw = runner(req) if runner is not None else _spawn(req, timeout_s)
     return [[LatencyStats.from_dict(d) for d in per_model] for per_model in raw]
 

@@ -1,8 +1,9 @@
 """Measure this machine's width staircase per layer kind and turn it into a hardware profile.
 
 ``calibrate(settings)`` exports small probe networks, one per (layer kind, width), and times all of
-them in ONE fresh worker process (``hwprune.runtime.bench.measure_many``: fresh session per round,
-rounds interleaved, the order shuffled per round so drift cannot fake a trend). Each probe is the
+them in ONE fresh worker process (``hwprune.runtime.bench.measure_many``: one session / compiled model per
+probe, re-timed in every round, rounds interleaved, the order shuffled per round so drift cannot fake
+a trend). Each probe is the
 pruned width ``w`` as a real network sees it, as a layer's outputs AND the next layer's inputs:
 
 * ``conv``: Conv3x3(64 -> w) -> ReLU -> Conv3x3(w -> 64) on 16x16 maps;
@@ -187,7 +188,7 @@ def calibrate(settings: CalibrationSettings, *, facts: MachineFacts | None = Non
                 to_onnx(mod, torch.zeros(1, *shape), path, cfg)
             paths.append(path)
         stats = measure_many(paths, settings.bench_spec(), batch_size=settings.batch,
-                             shuffle_seed=settings.seed, timeout_s=timeout_s, runner=runner)
+                             shuffle_seed=settings.seed, fresh_sessions=False, timeout_s=timeout_s, runner=runner)
     rounds = np.array([s[0].extra["round_medians_ms"] for s in stats], dtype=np.float64).T  # (R, K*W)
     curves = {}
     for j, kind in enumerate(settings.kinds):

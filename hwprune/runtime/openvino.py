@@ -5,7 +5,8 @@ What is timed: one ``InferRequest.infer()`` call per iteration (``time.perf_coun
 input tensors already set on the request (random normal, seed 0), i.e. graph execution on the CPU
 plugin with its output allocation; model reading and compilation and ``warmup`` iterations are
 excluded. Each of ``repeats`` rounds compiles the model afresh (like ORT's fresh session per round),
-models are interleaved round by round. Compilation settings: ``INFERENCE_NUM_THREADS`` = threads
+models are interleaved round by round (a request with ``fresh_sessions: false``, as calibration sweeps send,
+compiles each model once and re-times it every round). Compilation settings: ``INFERENCE_NUM_THREADS`` = threads
 (0 = plugin default), ``PERFORMANCE_HINT`` = ``LATENCY`` (one stream), ``INFERENCE_PRECISION_HINT``
 = ``f32`` (the CPU plugin otherwise runs bf16 on CPUs that have it, which breaks fp32 parity). The
 values the plugin actually used are read back and recorded in ``LatencyStats.extra``.
@@ -84,16 +85,23 @@ def _compile(core: Any, path: str, threads: int, precision: str) -> Any:
         raise ConfigError(f"OpenVINO could not compile {path}: {' '.join(str(exc).split())[:300]}") from None
 
 
-def _time_round(core: Any, path: str, req: dict[str, Any], batch: int) -> tuple[list[float], dict[str, Any]]:
-    """One round: fresh compile, ``warmup`` untimed, ``iters`` timed ``infer()`` calls (ms each)."""
-    from time import perf_counter_ns
-
+def _prepare(core: Any, path: str, req: dict[str, Any], batch: int) -> tuple[Any, Any]:
+    """Compile ``path`` and make an infer request with random inputs set: ``(compiled, request)``."""
     ov = _ov()
     compiled = _compile(core, path, int(req["threads"]), str(req["precision"]))
     request = compiled.create_infer_request()
     feeds = random_feeds(ov_inputs(compiled), batch, req.get("input_shape"))
     for i, arr in enumerate(feeds.values()):
         request.set_input_tensor(i, ov.Tensor(arr))
+    return compiled, request
+
+
+def _time_round(core: Any, path: str, req: dict[str, Any], batch: int,
+                prepared: tuple[Any, Any] | None = None) -> tuple[list[float], dict[str, Any]]:
+    """One round: fresh compile (unless ``prepared``), ``warmup`` untimed, ``iters`` timed ``infer()`` calls (ms)."""
+    from time import perf_counter_ns
+
+    compiled, request = prepared if prepared is not None else _prepare(core, path, req, batch)
     for _ in range(int(req["warmup"])):
         request.infer()
     times = []
@@ -121,9 +129,13 @@ def run_openvino(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[st
     for batch in req["batch_sizes"]:
         rounds: list[list[list[float]]] = [[] for _ in paths]
         used: dict[str, Any] = {}
+        cache: dict[int, tuple[Any, Any]] = {}  # fresh_sessions False: compile once, re-time every round
         for r in range(int(req["repeats"])):
             for i in round_order(len(paths), r, req):
-                times, used = _time_round(core, paths[i], req, int(batch))
+                prepared = None
+                if not req.get("fresh_sessions", True):
+                    prepared = cache.setdefault(i, _prepare(core, paths[i], req, int(batch)))
+                times, used = _time_round(core, paths[i], req, int(batch), prepared)
                 rounds[i].append(times)
         for i in range(len(paths)):
             stats = summarize(rounds[i], batch=int(batch), meta=meta)
