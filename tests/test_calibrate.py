@@ -195,6 +195,8 @@ def test_user_profile_dir_and_calibrated_ranking(tmp_path: Path, monkeypatch: py
     names = [p.name for p in load_all(None)]
     assert names.count("x86-avx2-ort") == 1 and "cal-here" in names  # invalid file skipped
     assert best_profile(HERE).name == "cal-here"
+    listed = json.loads(CliRunner().invoke(cli, ["profile", "list", "--json"]).output)
+    assert [r["name"] for r in listed if r["source"] != "bundled"] == ["cal-here"]
     top = rank_profiles(HERE)[0]
     assert top.name == "cal-here" and "calibrated on Fake EPYC 9999" in top.reasons[0]
     other = next(m for m in rank_profiles(OTHER) if m.name == "cal-here")

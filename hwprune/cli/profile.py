@@ -34,16 +34,20 @@ def profile() -> None:
 @profile.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of text.")
 def list_cmd(as_json: bool) -> None:
-    """List the bundled profiles: name, device, runtime/precision, alignment, N:M."""
+    """List the bundled profiles, then the user's (calibrated) ones: name, device, runtime, alignment, N:M."""
     from hwprune.profiles import list_profiles, load_profile
+    from hwprune.profiles.io import load_user_profiles
 
-    rows = [_summary(load_profile(name)) for name in list_profiles()]
+    bundled = list_profiles()
+    rows = [{**_summary(load_profile(name)), "source": "bundled"} for name in bundled]
+    rows += [{**_summary(p), "source": str(p.source)} for p in load_user_profiles() if p.name not in bundled]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
         nm = ",".join(r["nm"]) or "-"
-        click.echo(f"{r['name']:<24} {r['device']:<26} {r['runtime']:<26} align={r['alignment']:<3} nm={nm}")
+        user = "" if r["source"] == "bundled" else f"  (user: {r['source']})"
+        click.echo(f"{r['name']:<24} {r['device']:<26} {r['runtime']:<26} align={r['alignment']:<3} nm={nm}{user}")
 
 
 @profile.command("show")
