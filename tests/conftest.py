@@ -38,6 +38,7 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    monkeypatch.setenv("HWPRUNE_PROFILE_DIR", str(cache / "user-profiles"))  # calibrated profiles of the tests only
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)

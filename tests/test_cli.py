@@ -51,6 +51,7 @@ INVOCATIONS: dict[tuple[str, ...], tuple[list[str], int, str]] = {
     ("profile", "list"): (["profile", "list"], 0, "x86-avx2-ort"),
     ("profile", "show"): (["profile", "show", "generic-channel"], 0, "name: generic-channel"),
     ("profile", "validate"): (["profile", "validate", "generic-channel", "{file}"], 2, "INVALID"),
+    ("profile", "calibrate"): (["profile", "calibrate", "--kinds", "bogus", "--out", "{tmp}/c.yaml"], 2, "bogus"),
     ("bench",): (["bench", "--compare", "{file}"], 2, "DENSE.onnx PRUNED.onnx"),
     ("export",): (["export", "--model", "lenet5", "--in-channels", "1", "--input-size", "28", "--out",
                    "{tmp}/lenet5.onnx"], 0, "max abs diff"),

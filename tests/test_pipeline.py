@@ -200,3 +200,31 @@ def test_sweep_draws_the_pareto_chart(tmp_path: Path) -> None:
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     assert [p["kind"] for p in sweep["points"]] == ["dense", "pruned", "pruned"]
     assert (tmp_path / "plots" / "pareto.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_openvino_calibrated_profile_through_export_bench_report(fast_run: tuple[Path, dict], tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
+    import shutil
+
+    from hwprune.pipeline.steps import step_bench, step_report
+    from hwprune.profiles import load_profile, profile_to_dict
+
+    run_dir = tmp_path / "ov"
+    shutil.copytree(fast_run[0], run_dir)
+    prof = profile_to_dict(load_profile("x86-openvino"))
+    prof["calibration"] = {"backend": "openvino", "provider": "cpu", "precision": "fp32", "threads": 1, "batch": 1,
+                           "blocks": {"conv": 16, "linear": 8},
+                           "machine": {"cpu_model": "any", "cores": 1, "arch": "x86_64"}}
+    (run_dir / "profile.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    exp = step_export(run_dir)
+    assert exp.openvino is not None
+    assert exp.openvino["passed"] and exp.openvino["max_abs_diff"] <= exp.openvino["atol"]
+    bench = step_bench(run_dir, FAST_BENCH)
+    assert bench.spec["backend"] == "openvino" and bench.fallback_note is None
+    report = step_report(run_dir)
+    assert {s["backend"] for s in report["latency"]["pruned"]} == {"openvino"}
+    assert report["export"]["openvino"]["passed"]
+    sw = report["staircase_widths"]
+    assert sw["blocks"] == {"conv": 16, "linear": 8} and sw["layers"]
+    assert all(r["step_width"] >= r["after"] for r in sw["layers"])
+    assert "## Kept widths vs the measured staircase" in (run_dir / "report.md").read_text()

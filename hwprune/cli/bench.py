@@ -1,4 +1,4 @@
-"""``hwprune bench``: time one ONNX model, or compare a dense and a pruned one, on ORT or TensorRT."""
+"""``hwprune bench``: time one ONNX model, or compare a dense and a pruned one, on ORT, OpenVINO or TensorRT."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _print_table(title: str, stats: list[dict[str, Any]]) -> None:
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--profile", "profile", default=None, help="Hardware profile name or YAML path (its bench: block).")
 @click.option("--compare", "compare_", is_flag=True, help="Time DENSE.onnx PRUNED.onnx interleaved; print speed-up.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None)
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default=None)
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default=None)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None)
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True, help="Repeatable.")

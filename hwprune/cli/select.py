@@ -14,7 +14,7 @@ __all__ = ["COMMANDS", "select"]
 @click.command("select")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--measure", "model", default=None, metavar="MODEL",
-              help="Also prune MODEL under each matching profile and time it here (ONNX Runtime CPU).")
+              help="Also prune MODEL under each matching profile and time it here on the profile's backend.")
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Group sparsity for --measure.")
 @model_input_options
 @click.option("--iters", type=int, default=None, help="Timed iterations per round (default: the profile's).")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,20 +17,15 @@ __all__ = ["measure_profiles"]
 
 def _measurable(p: HardwareProfile, facts: MachineFacts) -> str | None:
     """None if ``p``'s bench backend runs here, else the reason it cannot."""
+    from hwprune.runtime.availability import backend_problem
+
     b = p.bench
-    if b.backend == "onnxruntime" and b.provider == "cpu":
-        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
-    if b.backend == "tensorrt" and (importlib.util.find_spec("tensorrt") is None or not facts.gpus):
-        return "backend tensorrt/cuda is not available on this machine"
-    if b.backend == "onnxruntime" and b.provider == "cuda":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return "onnxruntime has no CUDAExecutionProvider here"
-    return None
+    if b.backend == "tensorrt" and not facts.gpus:
+        return "backend tensorrt/cuda is not available on this machine (no CUDA GPU)"
+    return backend_problem(b.backend, b.provider, need_gpu_check=False)
 
 
-def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict]:
+def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict[str, Any]]:
     """Zero the lowest-norm removable groups beyond k per scope, then run surgery -> (compact, plan)."""
     import torch
 
@@ -100,32 +94,40 @@ def measure_profiles(
             params, macs = count_params_and_macs(model, example)
             return {"params": params, "macs": macs, "median_ms": stats.median_ms, "p90_ms": stats.p90_ms}
 
-        cpu_ref = next((loaded[m.name] for m in ranked if _measurable(loaded[m.name], facts) is None
-                        and loaded[m.name].bench.provider == "cpu"), None)
-        dense: dict[str, Any] | None = None
-        if cpu_ref is not None:
-            dense = {"profile": "dense", "score": None, "status": "measured", "reason": "unpruned reference",
-                     "alignment": 1, **timed(fresh(), "dense", cpu_ref)}
-            rows.append(dense)
+        dense_by_backend: dict[str, dict[str, Any]] = {}
+
+        def dense_row(p: HardwareProfile) -> dict[str, Any]:
+            """The unpruned model timed on ``p``'s backend (once per backend; ORT CPU's row is named dense)."""
+            key = f"{p.bench.backend}/{p.bench.provider}"
+            if key not in dense_by_backend:
+                name = "dense" if key == "onnxruntime/cpu" else f"dense@{p.bench.backend}"
+                dense_by_backend[key] = {"profile": name, "backend": p.bench.backend, "score": None,
+                                         "status": "measured", "reason": "unpruned reference", "alignment": 1,
+                                         **timed(fresh(), name.replace("@", "-"), p)}
+                rows.append(dense_by_backend[key])
+            return dense_by_backend[key]
+
         for m in ranked:
             p = loaded[m.name]
-            base = {"profile": p.name, "score": m.score, "alignment": p.alignment}
+            base = {"profile": p.name, "backend": p.bench.backend, "score": m.score, "alignment": p.alignment}
             why = _measurable(p, facts)
             if why is not None:
                 rows.append({**base, "status": "skipped", "reason": why, "params": None, "macs": None,
                              "median_ms": None, "p90_ms": None})
                 continue
+            dense = dense_row(p)
             compact, plan = _prune_random(fresh(), p, example, sparsity)
             removed = sum(len(s.get("idxs", ())) for s in plan["steps"])
             rows.append({**base, "status": "measured", "reason": f"{removed} channels removed",
-                         **timed(compact, p.name, p)})
+                         "dense_ms": dense["median_ms"], **timed(compact, p.name, p)})
     for r in rows:
-        ok = r["status"] == "measured" and dense is not None and r["median_ms"]
-        r["speedup"] = dense["median_ms"] / r["median_ms"] if ok else None  # type: ignore[index]
+        ref = r.pop("dense_ms", r["median_ms"] if r["profile"].startswith("dense") else None)
+        ok = r["status"] == "measured" and ref is not None and r["median_ms"]
+        r["speedup"] = ref / r["median_ms"] if ok else None
         r["recommended"] = False
     rows.sort(key=lambda r: (r["status"] != "measured", r["median_ms"] if r["median_ms"] is not None else 0.0,
                              r["profile"]))
-    best = next((r for r in rows if r["status"] == "measured" and r["profile"] != "dense"), None)
+    best = next((r for r in rows if r["status"] == "measured" and not r["profile"].startswith("dense")), None)
     if best is not None:
         best["recommended"] = True
     return rows

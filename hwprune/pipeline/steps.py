@@ -127,7 +127,15 @@ def step_export(run: Path | RunDir, *, config: ExportConfig | None = None, stage
             raise DataError(f"{rd.root}: nm.* exists but nm_summary.json does not; re-run 'hwprune nm {rd.root}'")
         names = onnx_nm_weight_names(rd.onnx_path("final"), final, nm_info.param_names)
         nm_pattern = check_nm_pattern(rd.onnx_path("final"), nm_info.n, nm_info.m, weight_names=names).to_dict()
-    record = ExportRecord(stage=stage, dense=rep_dense.to_dict(), model=rep_final.to_dict(), nm_pattern=nm_pattern)
+    openvino = None
+    if rd.profile.bench.backend == "openvino":  # the profile's runtime: check its outputs too
+        from hwprune.runtime.availability import backend_problem
+        from hwprune.runtime.openvino import validate_openvino
+
+        if backend_problem("openvino") is None:
+            openvino = validate_openvino(final, rd.onnx_path("final"))
+    record = ExportRecord(stage=stage, dense=rep_dense.to_dict(), model=rep_final.to_dict(), nm_pattern=nm_pattern,
+                          openvino=openvino)
     rd.write_export(record)
     return record
 
@@ -137,24 +145,17 @@ def bench_spec_for(profile: HardwareProfile, opts: PipelineOptions) -> tuple[Ben
 
     Returns ``(spec, note)``; ``note`` says what was replaced when the profile's backend is missing.
     """
-    from hwprune.base.optional import import_optional
+    from hwprune.runtime.availability import backend_problem
 
     spec = dataclasses.replace(profile.bench, **opts.bench_overrides())
-    note = None
-    try:
-        if spec.backend == "tensorrt":
-            import_optional("tensorrt", extra="trt")
-        elif spec.provider == "cuda":
-            ort = import_optional("onnxruntime", extra="onnx-gpu")
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise MissingBackendError("CUDAExecutionProvider not available: pip install 'hwprune[onnx-gpu]'")
-    except MissingBackendError as exc:
-        if not opts.bench_fallback:
-            raise
-        note = f"profile backend {spec.backend}/{spec.provider}/{spec.precision} unavailable here ({exc}); " \
-               "timed on onnxruntime CPU fp32 instead"
-        spec = dataclasses.replace(spec, backend="onnxruntime", provider="cpu", precision="fp32")
-    return spec, note
+    problem = backend_problem(spec.backend, spec.provider, need_gpu_check=False)
+    if problem is None:
+        return spec, None
+    if not opts.bench_fallback:
+        raise MissingBackendError(problem)
+    note = f"profile backend {spec.backend}/{spec.provider}/{spec.precision} unavailable here ({problem}); " \
+           "timed on onnxruntime CPU fp32 instead"
+    return dataclasses.replace(spec, backend="onnxruntime", provider="cpu", precision="fp32"), note
 
 
 def step_bench(run: Path | RunDir, opts: PipelineOptions | None = None) -> BenchRecord:

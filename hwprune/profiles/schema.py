@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from hwprune.base.errors import ConfigError
+from hwprune.profiles.calibration import CalibrationInfo
 from hwprune.profiles.checks import (
     FieldError,
     as_tuple,
@@ -214,7 +215,7 @@ class DeviceSpec:
         check_str(self, "description")
 
 
-_BACKENDS = ("onnxruntime", "tensorrt")
+_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 _PROVIDERS = ("cpu", "cuda")
 _PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -223,7 +224,7 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 class BenchSpec:
     """How to time an exported model: runtime, provider, precision, batch sizes, loop counts."""
 
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime"
     provider: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     batch_sizes: tuple[int, ...] = (1, 32)
@@ -248,6 +249,8 @@ class BenchSpec:
         check_int(self, "threads", 0)
         if self.backend == "tensorrt" and self.provider != "cuda":
             raise FieldError("BenchSpec", "provider", "backend 'tensorrt' needs provider 'cuda'")
+        if self.backend == "openvino" and self.provider != "cpu":
+            raise FieldError("BenchSpec", "provider", "backend 'openvino' runs on provider 'cpu' (its CPU device)")
 
 
 _WEIGHT_MODES = ("uniform", "size", "flops", "latency")
@@ -269,6 +272,7 @@ class HardwareProfile:
     bench: BenchSpec = field(default_factory=BenchSpec)
     notes: str = ""
     source: str = field(default="<dict>", compare=False)
+    calibration: CalibrationInfo | None = None  # set on profiles measured by ``hwprune profile calibrate``
 
     def __post_init__(self) -> None:
         check_str(self, "name", nonempty=True)
@@ -295,6 +299,9 @@ class HardwareProfile:
             raise FieldError("HardwareProfile", "bench",
                              f"bench provider 'cuda' needs device kind 'cuda' (got '{self.device.kind}')")
         check_str(self, "notes")
+        if self.calibration is not None and not isinstance(self.calibration, CalibrationInfo):
+            raise FieldError("HardwareProfile", "calibration", f"expected CalibrationInfo, got "
+                             f"{describe(self.calibration)}")
 
     def rules_for_phase(self, phase: str) -> tuple[LayerRule, ...]:
         """Rules that act in ``phase`` ("structured" or "nm"), in order; ``none`` rules are in both."""

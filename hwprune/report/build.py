@@ -96,7 +96,25 @@ def build_report(rd: RunDir, *, step_seconds: dict[str, float]) -> dict[str, Any
     budget = rd.latency_budget()
     if budget:
         report["latency_budget"] = budget
+    staircase = _staircase_widths(rd, dense, plan)
+    if staircase:
+        report["staircase_widths"] = staircase
+    if export.openvino:
+        keep = ("max_abs_diff", "passed", "atol", "rtol")
+        report["export"]["openvino"] = {k: export.openvino.get(k) for k in keep}
     return report
+
+
+def _staircase_widths(rd: RunDir, dense: Any, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """Per layer, the kept width against the staircase of the run's calibrated profile (None if not calibrated)."""
+    from hwprune.runtime.steptable import kept_vs_staircase
+
+    cal = rd.profile.calibration
+    if cal is None:
+        return None
+    blocks = dict(cal.blocks)
+    return {"blocks": blocks, "backend": cal.backend, "threads": cal.threads, "batch": cal.batch,
+            "layers": kept_vs_staircase(dense, plan.get("widths", []), blocks)}
 
 
 def pareto_points(report: dict[str, Any], label: str) -> list[dict[str, Any]]:

@@ -54,7 +54,9 @@ class RunReport(TypedDict, total=False):
     Optional: ``run_dir``, ``created``, ``widths`` (surgery plan widths), ``sweep`` (Pareto points
     ``{label, accuracy, latency_ms, kind}``), ``notes``, ``accuracy_of`` (``{split, dense, pruned,
     test_images}``: the split and the models ``accuracy`` was measured on), ``val_accuracy`` (per stage
-    on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked).
+    on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked),
+    ``staircase_widths`` (calibrated profiles: per layer the kept width against the measured staircase,
+    ``hwprune.runtime.steptable.kept_vs_staircase``).
     Added by :func:`derive`: ``speedup``, ``mac_reduction``, ``param_reduction``, ``plots``.
     """
 
@@ -195,6 +197,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         md += [f"Budget {_f(lb['budget_ms'])} ms (dense {_f(lb['dense_ms'])} ms): final predicted "
                f"{_f(lb['predicted_ms'])} ms, measured {_f(lb['measured_ms'])} ms, miss {lb['miss']:+.1%}, "
                f"met: {lb['met']}.", ""]
+    if r.get("staircase_widths"):
+        sw = r["staircase_widths"]
+        rows = [[w["module"], w["kind"], w["before"], w["after"], w["block"], w["step_width"],
+                 "yes" if w["on_step"] else "NO"] for w in sw["layers"]]
+        off = sum(not w["on_step"] for w in sw["layers"])
+        md += ["## Kept widths vs the measured staircase", ""] + _table(
+            ["layer", "kind", "full width", "kept", "staircase block", "costs like", "on a step"], rows)
+        md += [f"Blocks measured by `hwprune profile calibrate` ({sw['backend']}, {sw['threads']} thread(s), batch "
+               f"{sw['batch']}): {json.dumps(sw['blocks'])}; {off} of {len(rows)} layers kept a width off a step.", ""]
     if r.get("notes"):
         md += ["## Notes", "", str(r["notes"]), ""]
     return "\n".join(md)

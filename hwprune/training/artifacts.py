@@ -192,12 +192,13 @@ class NMSummary:
 
 @dataclass(frozen=True)
 class ExportRecord:
-    """``export_report.json``: the exported stage, both models' ``ExportReport`` dicts, the N:M check."""
+    """``export_report.json``: the stage, both models' ``ExportReport`` dicts, the N:M check, OpenVINO parity."""
 
     stage: str
     dense: dict[str, Any]
     model: dict[str, Any]
     nm_pattern: dict[str, Any] | None = None
+    openvino: dict[str, Any] | None = None  # OpenVINO parity of the final model (profiles timed on OpenVINO)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
