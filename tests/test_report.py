@@ -75,7 +75,7 @@ def test_write_report_json_md_and_plots(tmp_path: Path) -> None:
         assert _is_png(tmp_path / rel)
     md = mpath.read_text()
     for text in ("x86-avx2-ort", "digits_cnn", "wgsef", "0.9812", "0.9733", "56554", "14458", "1788544",
-                 "451904", "Test CPU 9000", "2.13.0", "12.5", "| conv2 | 8 | 4 | 5 | 0.5 | 0.375 |",
+                 "451904", "Test CPU 9000", "2.13.0", "12.5", "| conv2 | 8 | 4 | 5 | - | 0.5 | 0.375 |",
                  "![pareto](plots/pareto.png)", "| 32 | 4 | 1.6 | 2.5 |"):
         assert text in md, text
 

@@ -113,7 +113,7 @@ def test_cli_select_json_lists_every_profile() -> None:
 
     res = CliRunner().invoke(cli, ["select", "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert {m["name"] for m in out["ranking"]} >= {"generic-channel", "x86-avx2-ort", "nvidia-trt-int8"}
     assert out["ranking"][0]["matched"] and out["machine"]["arch"]
 

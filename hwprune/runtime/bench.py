@@ -34,6 +34,7 @@ from hwprune.base.errors import (
     NumericalMismatchError,
 )
 from hwprune.base.optional import import_optional
+from hwprune.runtime.onnxfile import check_onnx_file
 
 if TYPE_CHECKING:
     from hwprune.profiles import BenchSpec
@@ -250,8 +251,7 @@ def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | Non
     if spec.backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         raise MissingBackendError("backend 'tensorrt' is not installed; install it with: pip install 'hwprune[trt]'")
     for p in paths:
-        if not Path(p).is_file():
-            raise DataError(f"ONNX model not found: {p}")
+        check_onnx_file(p)  # a missing or corrupt file is one line naming it, not a worker traceback
     return {"paths": [str(Path(p).resolve()) for p in paths], "backend": spec.backend, "provider": spec.provider,
             "precision": spec.precision, "batch_sizes": batch_sizes, "warmup": int(spec.warmup),
             "iters": int(spec.iters), "repeats": int(spec.repeats), "threads": int(spec.threads),

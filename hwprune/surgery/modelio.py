@@ -8,7 +8,6 @@ replays the surgery plan on it, then loads the tensors strictly: nothing is unpi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from hwprune.base.errors import ConfigError, DataError
-from hwprune.base.files import atomic_path, atomic_write_json
+from hwprune.base.files import atomic_path, atomic_write_json, read_json, read_safetensors
 
 __all__ = ["save_model", "load_model"]
 
@@ -68,30 +67,41 @@ def save_model(
 
 
 def load_model(stem: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Re-create a model saved by ``save_model``; returns ``(model in eval mode, metadata)``."""
-    from safetensors.torch import load_file
+    """Re-create a model saved by ``save_model``; returns ``(model in eval mode, metadata)``.
 
+    Raises:
+        DataError: a missing, empty, truncated or corrupt ``.json`` / ``.safetensors`` file, a
+            description hwprune cannot rebuild, or tensors that do not fit it: one line naming the
+            file and what to do (nothing is unpickled).
+    """
+    from hwprune.base.errors import HwpruneError
     from hwprune.models import create_model
 
     stem = Path(stem)
     jpath, tpath = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    for p in (jpath, tpath):
-        if not p.is_file():
-            raise DataError(f"{p}: missing (expected a model saved by hwprune as {stem.name}.json + .safetensors)")
+    hint = f"re-create it (a model saved by hwprune is {stem.name}.json + {stem.name}.safetensors)"
+    meta = read_json(jpath, what="saved model description", hint=hint)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{jpath}: not a model saved by this hwprune (format {got!r}, expected {FORMAT_VERSION})")
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("kwargs", {}), dict):
+        raise DataError(f"{jpath}: corrupt saved model description (no 'model' name or 'kwargs' mapping); {hint}")
+    state = read_safetensors(tpath, what="model weights file", hint=hint)
     try:
-        meta = json.loads(jpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{jpath}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"{jpath}: unsupported model format {meta.get('format')!r} (expected {FORMAT_VERSION})")
-    model = create_model(meta["model"], **meta.get("kwargs", {}))
-    if meta.get("plan"):
-        from hwprune.surgery.remove import apply_plan
+        model = create_model(meta["model"], **meta.get("kwargs", {}))
+        if meta.get("plan"):
+            from hwprune.surgery.remove import apply_plan
 
-        example = torch.zeros(1, *meta["input_shape"])
-        model = apply_plan(model, meta["plan"], example)
-    state = load_file(str(tpath))
-    result = model.load_state_dict(state, strict=True)
-    del result
+            example = torch.zeros(1, *meta["input_shape"])
+            model = apply_plan(model, meta["plan"], example)
+    except HwpruneError as exc:
+        raise DataError(f"{jpath}: cannot rebuild the saved model ({exc})") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise DataError(f"{jpath}: corrupt saved model description ({type(exc).__name__}: {exc}); {hint}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise DataError(f"{tpath}: the weights do not fit the model of {jpath.name} ({first}); {hint}") from None
     model.eval()
     return model, meta
