@@ -96,7 +96,7 @@ def pipeline_options(resume_dir: Path | None, given: Mapping[str, Any]) -> Pipel
     from hwprune.training.rundir import RunDir
 
     base: dict[str, Any] = {}
-    if resume_dir is not None and (resume_dir / "config.yaml").is_file():
+    if resume_dir is not None and (resume_dir / "config.yaml").exists():
         base = RunDir.open(resume_dir).config.pipeline.to_dict()
     else:
         ctx = click.get_current_context(silent=True)

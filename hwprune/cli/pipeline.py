@@ -45,7 +45,7 @@ def _job_config(out: Path, resume: bool, options: dict[str, Any], **overrides: A
     """The job: the one recorded in ``out`` when resuming one, else the options (+ ``--config``)."""
     from hwprune.training.rundir import RunDir
 
-    if resume and (out / "config.yaml").is_file():
+    if resume and (out / "config.yaml").exists():
         return resume_job_config(RunDir.open(out).config, options, where=out, **overrides)
     return build_job_config(options, **overrides)
 

@@ -100,10 +100,7 @@ def _parity_input(sess: Any, rd: RunDir) -> np.ndarray:
     rest = list(inp.shape[1:])
     if not all(isinstance(d, int) for d in rest):
         raise ConfigError(f"input '{inp.name}' has symbolic non-batch dims {inp.shape}; export with fixed C, H, W")
-    try:
-        x = rd.example_batch()[:PARITY_BATCH].numpy().astype(np.float32)
-    except DataError:
-        x = np.zeros((0,), np.float32)
+    x = rd.example_batch()[:PARITY_BATCH].numpy().astype(np.float32) if rd.has_example() else np.zeros((0,))
     if list(x.shape[1:]) == rest and len(x) == PARITY_BATCH:
         return np.ascontiguousarray(x)
     return np.random.default_rng(PARITY_SEED).standard_normal([PARITY_BATCH, *rest]).astype(np.float32)
@@ -150,10 +147,9 @@ def _bench_spec(rd: RunDir) -> BenchSpec:
     """The run profile's timing settings when they are ORT CPU (what the int8 comparison runs on), else defaults."""
     from hwprune.profiles import BenchSpec
 
-    try:
-        spec = rd.profile.bench
-    except DataError:  # a run directory without profile.yaml: default settings
+    if not (rd.root / "profile.yaml").exists():  # a run directory without profile.yaml: default settings
         return BenchSpec()
+    spec = rd.profile.bench
     return spec if spec.backend == "onnxruntime" and spec.provider == "cpu" else BenchSpec()
 
 
@@ -184,12 +180,11 @@ def _int8(tmp: Path, rd: RunDir, calib_samples: int, bench_spec: BenchSpec | Non
 def _run_facts(rd: RunDir) -> dict[str, Any]:
     """Accuracy, latency and preprocessing of the run for the manifest (each from the latest artifact there is)."""
     report = rd.report() or {}
-    try:
+    metrics_acc: dict[str, Any] | None = None
+    pre = None
+    if rd.has_metrics():  # a missing metrics.json leaves accuracy out; a corrupt one is an error
         m = rd.metrics()
-        metrics_acc: dict[str, Any] | None = {"dense": m.test_accuracy.dense, "pruned": m.test_accuracy.final}
-        pre = m.preprocessing
-    except DataError:
-        metrics_acc, pre = None, None
+        metrics_acc, pre = {"dense": m.test_accuracy.dense, "pruned": m.test_accuracy.final}, m.preprocessing
     bench = rd.bench()
     return {"accuracy": report.get("accuracy") or metrics_acc,
             "latency": (report.get("latency") or {}).get("pruned") or (bench.to_dict() if bench else None),

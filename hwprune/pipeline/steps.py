@@ -155,9 +155,9 @@ def step_export(run: Path | RunDir, *, config: ExportConfig | None = None, stage
     x = rd.example_input()
     final = rd.final_stage()
     stages = [stage] if stage is not None else ["dense", final]
+    models = {st: rd.load_model(st)[0] for st in stages}  # every model loads before any file is written
     record: ExportRecord | None = None
-    for st in stages:
-        model, _ = rd.load_model(st)
+    for st, model in models.items():
         path = rd.onnx_path_of(st)
         record = export_model(model, x, path, config, source=source, stage=st, record_writer=rd.write_export)
         if st == "nm":

@@ -204,7 +204,7 @@ def resume_from(
 
     A missing file or a checkpoint of another phase means a fresh start: ``(0, [])``.
     """
-    if not path.is_file():
+    if not path.exists():  # a directory (or anything else) in its place is load_checkpoint's one-line error
         _LOG.info("resume requested but %s does not exist; starting from epoch 0", path)
         return 0, []
     try:

@@ -134,13 +134,29 @@ def _load_start_model(cfg: TrainJobConfig, model: nn.Module) -> dict[str, torch.
     return state
 
 
-def _dense_phase(cfg: TrainJobConfig, model: nn.Module, runner: PhaseRunner, rd: RunDir, resume: bool,
+def _check_resumable(rd: RunDir, cfg: TrainJobConfig, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Before a resumed job writes anything: every phase checkpoint must load; returns the saved dense state.
+
+    Raises:
+        DataError: a checkpoint or the saved dense model is missing parts, truncated or corrupt (one line).
+    """
+    from hwprune.training.checkpoint import load_checkpoint
+
+    for ckpt in sorted(rd.checkpoints_root.glob("*/last.pt")) if rd.checkpoints_root.is_dir() else []:
+        load_checkpoint(ckpt, model=None)
+    if not rd.has_model("dense"):
+        return None
+    state = rd.load_model("dense")[0].state_dict()
+    if set(state) != set(model.state_dict()):
+        raise ConfigError(f"{rd.root}: its dense model is not this job's '{cfg.model}'; start a new run")
+    return state
+
+
+def _dense_phase(cfg: TrainJobConfig, model: nn.Module, runner: PhaseRunner, rd: RunDir,
                  start: dict[str, torch.Tensor] | None) -> None:
-    """Train (or load: ``start``, the ``--checkpoint`` state) the dense model and save it as ``dense.*``."""
-    if start is not None:
+    """Train (or load ``start``: the ``--checkpoint`` state or a resumed run's dense model); save it as ``dense.*``."""
+    if start is not None:  # --checkpoint, or the dense model of a resumed run
         model.load_state_dict(start)
-    elif resume and rd.has_model("dense"):
-        model.load_state_dict(rd.load_model("dense")[0].state_dict())
     else:
         lr = cfg.dense_lr if cfg.dense_lr is not None else cfg.lr
         runner.run(model, Phase("dense", cfg.dense_epochs_resolved, lr))
@@ -218,6 +234,8 @@ def run_train_job(
     bundle = load_job_data(cfg)
     model = build_job_model(cfg, bundle)
     start = _load_start_model(cfg, model)
+    if resume:
+        start = _check_resumable(RunDir(root), cfg, model) if start is None else start
     rd = RunDir.create(root, RunConfig(train=cfg, profile=profile.name, pipeline=opts or PipelineOptions()),
                        profile, fresh=not resume)
     rd.use_data(bundle)
@@ -225,7 +243,7 @@ def run_train_job(
     runner = PhaseRunner(_context(cfg, bundle, rd, resume, progress))
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    _dense_phase(cfg, model, runner, rd, resume, start)
+    _dense_phase(cfg, model, runner, rd, start)
     seconds["dense"] = time.perf_counter() - t0
     dense = copy.deepcopy(model)  # tested once, at the end, with the final model
     val_dense = runner.val_accuracy(model)

@@ -159,7 +159,7 @@ def format_epoch(record: Mapping[str, Any], epochs: int) -> str:
             parts.append(f"{label} {v:.4f}")
     if record.get("nonzero_groups") is not None:
         k = record.get("k_groups")
-        parts.append(f"groups {record['nonzero_groups']}" + (f"/{k} (k)" if k is not None else ""))
+        parts.append(f"nonzero groups {record['nonzero_groups']}" + (f" / k {k}" if k is not None else ""))
     secs = num("seconds")
     if secs is not None:
         parts.append(f"{secs:.1f} s")

@@ -77,9 +77,6 @@ class RunDir:
         self._data: DatasetBundle | None = None
         self._example: torch.Tensor | None = None
 
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.root)!r})"
-
     # ------------------------------------------------------------------ opening
     @classmethod
     def create(cls, root: Path | str, config: RunConfig, profile: HardwareProfile, *, fresh: bool) -> RunDir:
@@ -109,15 +106,13 @@ class RunDir:
         root = check_out_dir(root, option=option)
         if resume or force or not root.is_dir():
             return
-        if (root / _METRICS).is_file() or (root / _REPORT_JSON).is_file():
-            raise ConfigError(f"{option} {root}: holds a finished run; pass --force to overwrite it, --resume to "
-                              "repeat its remaining steps, or choose another directory")
-        if (root / _CONFIG).is_file():
-            raise ConfigError(f"{option} {root}: holds an interrupted run; pass --resume to continue it or --force "
-                              "to start over")
-        if any(root.iterdir()):
-            raise ConfigError(f"{option} {root}: exists and is not empty (not an hwprune run); choose a new "
-                              "directory or pass --force")
+        finished = (root / _METRICS).exists() or (root / _REPORT_JSON).exists()
+        what = ("holds a finished run; pass --force to overwrite it, --resume to repeat its remaining steps, or "
+                "choose another directory") if finished else ("holds an interrupted run; pass --resume to continue "
+                "it or --force to start over") if (root / _CONFIG).exists() else \
+            "exists and is not empty (not an hwprune run); choose a new directory or pass --force"
+        if finished or any(root.iterdir()):
+            raise ConfigError(f"{option} {root}: {what}")
 
     @classmethod
     def open(cls, root: Path | str) -> RunDir:
@@ -196,6 +191,10 @@ class RunDir:
             with atomic_path(self.root / _EXAMPLE, suffix=".safetensors.tmp") as tmp:
                 save_file({"x": self._example}, str(tmp))
 
+    def has_example(self) -> bool:
+        """True when ``example_input.safetensors`` exists (as anything: the reader judges it)."""
+        return (self.root / _EXAMPLE).exists()
+
     def example_batch(self) -> torch.Tensor:
         """The stored example images, ``(N, C, H, W)`` float32 (N <= EXAMPLE_N)."""
         if self._example is None:
@@ -217,7 +216,7 @@ class RunDir:
 
     def has_model(self, stage: str) -> bool:
         """True if ``<stage>.json`` exists."""
-        return self.model_stem(stage).with_suffix(".json").is_file()
+        return self.model_stem(stage).with_suffix(".json").exists()
 
     def save_model(self, model: nn.Module, stage: str, *, plan: dict[str, Any] | None = None,
                    extra: dict[str, Any] | None = None) -> None:
@@ -279,6 +278,10 @@ class RunDir:
         """``metrics.json``."""
         self._write_json(_METRICS, metrics.to_dict())
 
+    def has_metrics(self) -> bool:
+        """True when ``metrics.json`` exists (as anything: a directory there is the reader's error)."""
+        return (self.root / _METRICS).exists()
+
     def metrics(self) -> TrainMetrics:
         """``metrics.json`` (required)."""
         return TrainMetrics.from_dict(self._read(_METRICS, "train metrics", "run 'hwprune train' first"),
@@ -290,7 +293,7 @@ class RunDir:
 
     def has_groups(self) -> bool:
         """True when ``groups.json`` exists."""
-        return (self.root / _GROUPS).is_file()
+        return (self.root / _GROUPS).exists()
 
     def groups_description(self) -> dict[str, Any]:
         """``groups.json`` (required)."""
@@ -319,11 +322,11 @@ class RunDir:
 
     def has_surgery_plan(self) -> bool:
         """True when ``surgery_plan.json`` exists."""
-        return (self.root / _PLAN).is_file()
+        return (self.root / _PLAN).exists()
 
     def has_surgery(self) -> bool:
         """True when surgery ran (plan, summary and the compact model exist)."""
-        return all((self.root / n).is_file() for n in (_PLAN, _SURGERY)) and self.has_model("pruned")
+        return all((self.root / n).exists() for n in (_PLAN, _SURGERY)) and self.has_model("pruned")
 
     def surgery(self) -> SurgerySummary:
         """``prune_summary.json`` (required)."""
@@ -342,7 +345,7 @@ class RunDir:
     def nm(self) -> NMSummary | None:
         """``nm_summary.json``, or None when the run has no N:M phase."""
         path = self.root / _NM
-        return NMSummary.from_dict(self._read(_NM, "N:M summary"), what=str(path)) if path.is_file() else None
+        return NMSummary.from_dict(self._read(_NM, "N:M summary"), what=str(path)) if path.exists() else None
 
     def onnx_path_of(self, stage: str) -> Path:
         """Where a stage is exported: ``dense.onnx``, ``model.onnx`` (the final stage), else ``<stage>.onnx``."""
@@ -368,15 +371,15 @@ class RunDir:
     def bench(self) -> BenchRecord | None:
         """``bench.json``, or None before the timing step."""
         path = self.root / _BENCH
-        return BenchRecord.from_dict(self._read(_BENCH, "timing result"), what=str(path)) if path.is_file() else None
+        return BenchRecord.from_dict(self._read(_BENCH, "timing result"), what=str(path)) if path.exists() else None
 
     def latency_budget(self) -> dict[str, Any] | None:
         """``latency_budget.json`` (``hwprune.pipeline.budget``), or None."""
-        return self._read(_BUDGET, "latency budget") if (self.root / _BUDGET).is_file() else None
+        return self._read(_BUDGET, "latency budget") if (self.root / _BUDGET).exists() else None
 
     def report(self) -> dict[str, Any] | None:
         """``report.json``, or None before the report step."""
-        return self._read(_REPORT_JSON, "report") if (self.root / _REPORT_JSON).is_file() else None
+        return self._read(_REPORT_JSON, "report") if (self.root / _REPORT_JSON).exists() else None
 
     # ------------------------------------------------------------------ helpers
     def _read(self, name: str, what: str, hint: str = "") -> Any:
