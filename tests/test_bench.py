@@ -238,3 +238,22 @@ def test_real_tensorrt_engine(onnx_pair: tuple[Path, Path]) -> None:
     stats = measure(onnx_pair[0], BenchSpec(backend="tensorrt", provider="cuda", precision="fp16", batch_sizes=(1,),
                                             warmup=5, iters=20, repeats=1))
     assert _ordered(stats[0]) and stats[0].extra["build"]["engine_bytes"] > 0
+
+
+def test_a_profile_whose_backend_is_missing_falls_back_loudly(onnx_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the profile's own backend is used")
+    args = ["bench", str(onnx_pair[0]), "--profile", "nvidia-ampere-trt-fp16", "--batch-size", "1", "--iters", "2",
+            "--warmup", "0", "--repeats", "1"]
+    res = CliRunner().invoke(cli, args)  # no --backend/--provider/--precision needed
+    assert res.exit_code == 0, res.output
+    assert "WARNING" in res.output and "TIMED ON onnxruntime/cpu/fp32 INSTEAD" in res.output
+    out = json.loads(CliRunner().invoke(cli, [*args, "--json"]).stdout)
+    assert out["spec"]["backend"] == "onnxruntime" and "tensorrt" in out["fallback_note"]
+    res = CliRunner().invoke(cli, [*args, "--backend", "tensorrt"])  # asked for explicitly: no fallback
+    assert res.exit_code == 2 and "tensorrt" in res.output and len(res.output.strip().splitlines()) == 1
+    (tmp_path / "b.json").write_text("{}")
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "--force" in res.output and (tmp_path / "b.json").read_text() == "{}"

@@ -156,3 +156,26 @@ def test_int8_bundle(run_dir: Path, tmp_path: Path) -> None:
     (out / MANIFEST_HASH).write_text(f"{sha256_file(out / MANIFEST)}  manifest.json\n")
     with pytest.raises(NumericalMismatchError, match="int8 parity"):
         verify_bundle(out)
+
+
+def test_the_readme_snippet_is_right_on_real_data(tiny_finished_run: Path, tmp_path: Path) -> None:
+    """The bundle README's Python snippet, run as written on raw digits, reproduces the run's test accuracy."""
+    import re
+    import subprocess
+    import sys
+
+    out = make_bundle(tiny_finished_run, tmp_path / "b")
+    rd = RunDir.open(tiny_finished_run)
+    x, y = rd.data().test.tensors
+    pre = rd.metrics().preprocessing
+    mean, std = (torch.tensor(pre[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    raw = ((x * std + mean) * pre["scale"]).numpy()  # back to raw pixels (0..16 for digits)
+    assert raw.max() > 8.0  # really raw: the snippet must scale them
+    np.save(out / "images.npy", raw.astype(np.float32))
+    (code,) = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), flags=re.DOTALL)
+    r = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    pred = np.array([int(v) for v in re.findall(r"\d+", r.stdout)])
+    accuracy = float((pred == y.numpy()).mean())
+    assert len(pred) == len(y) and accuracy == pytest.approx(rd.metrics().test_accuracy.final, abs=1.5 / len(y))

@@ -21,12 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from hwprune.cli import cli
-from hwprune.pipeline.steps import step_export
-from hwprune.training.config import TrainJobConfig
-from hwprune.training.job import run_train_job
 
-TINY = TrainJobConfig(model="digits_cnn", model_kwargs={"width": 0.5}, data="digits", train_limit=200, epochs=1,
-                      dense_epochs=1, finetune_epochs=1, profile="x86-avx2-ort")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -81,19 +76,10 @@ def _assert_rejected(args: list[str], root: Path, *, needle: str = "", lines_pre
     return out
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real, tiny, finished run: trained (with surgery), exported; its checkpoints kept."""
-    root = tmp_path_factory.mktemp("finished") / "run"
-    run_train_job(TINY, root, progress=False)
-    step_export(root)
-    return root
-
-
 @pytest.fixture()
-def work(tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh copy of the finished run under ``tmp_path/run``; the working directory is ``tmp_path``."""
-    shutil.copytree(finished_run, tmp_path / "run")
+def work(tmp_path: Path, tiny_finished_run: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh copy of a finished run (conftest) under ``tmp_path/run``; the working directory is ``tmp_path``."""
+    shutil.copytree(tiny_finished_run, tmp_path / "run")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -150,3 +150,25 @@ def test_measure_profiles_skips_unavailable_backend() -> None:
                             profiles=["nvidia-trt-int8"], warmup=0, iters=1, repeats=1)
     assert len(rows) == 1 and rows[0]["status"] == "skipped" and "tensorrt" in rows[0]["reason"]
     assert not rows[0]["recommended"]
+
+
+def test_measure_never_recommends_a_profile_that_removes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+    from pathlib import Path
+
+    import hwprune.runtime.bench as bench
+
+    def fake_measure(path: Path, spec: object, batch_size: int = 1) -> list[types.SimpleNamespace]:
+        ms = 0.5 if "unstructured" in Path(path).name else 1.0  # the mask profile "wins" the noisy timing
+        return [types.SimpleNamespace(median_ms=ms, p90_ms=ms)]
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    rows = measure_profiles("mlp", BARE, sparsity=0.5, input_size=4, in_channels=1, model_kwargs={"hidden": [16]},
+                            profiles=["generic-unstructured", "generic-channel"], warmup=0, iters=1, repeats=1)
+    by = {r["profile"]: r for r in rows}
+    assert by["generic-unstructured"]["removed"] == 0 and "removes nothing" in by["generic-unstructured"]["reason"]
+    assert [r["profile"] for r in rows if r["recommended"]] == ["generic-channel"]
+    only_mask = measure_profiles("mlp", BARE, sparsity=0.5, input_size=4, in_channels=1,
+                                 model_kwargs={"hidden": [16]}, profiles=["generic-unstructured"], warmup=0, iters=1,
+                                 repeats=1)
+    assert not any(r["recommended"] for r in only_mask)

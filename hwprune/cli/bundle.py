@@ -31,11 +31,11 @@ def bundle(run_dir: Path | None, out_dir: Path | None, int8: bool, calib_samples
         if run_dir is not None or out_dir is not None:
             raise ConfigError("--verify DIR takes no RUN_DIR or --out")
         rep = verify_bundle(verify_dir)
-        int8 = (f"; int8 parity max abs diff {rep.int8_max_abs_diff:.3g} (tolerance {rep.int8_tolerance:.3g})"
+        int8_text = (f"; int8 parity max abs diff {rep.int8_max_abs_diff:.3g} (tolerance {rep.int8_tolerance:.3g})"
                 if rep.int8_max_abs_diff is not None else "")
         click.echo(json.dumps(rep.to_dict(), indent=2) if as_json else
                    f"OK {rep.path}: manifest hash and {rep.files_checked} file hashes match, fp32 parity max abs diff "
-                   f"{rep.max_abs_diff:.3g} (atol {rep.atol:g}, rtol {rep.rtol:g}){int8}")
+                   f"{rep.max_abs_diff:.3g} (atol {rep.atol:g}, rtol {rep.rtol:g}){int8_text}")
         return
     if run_dir is None or out_dir is None:
         raise ConfigError("usage: hwprune bundle RUN_DIR --out DIR [--int8], or hwprune bundle --verify DIR")

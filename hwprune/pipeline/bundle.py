@@ -223,7 +223,7 @@ assert list(raw.shape[1:]) == manifest["inputs"][0]["shape"][1:], "resize your i
 mean, std = (np.asarray(pre[k], np.float32)[None, :, None, None] for k in ("mean", "std"))
 x = (raw / np.float32(pre["scale"]) - mean) / std  # the training preprocessing: scale, then normalise
 logits = sess.run(None, {{"{inp['name']}": x.astype(np.float32)}})[0]
-print(logits.argmax(axis=1))  # predicted class per image
+print(logits.argmax(axis=1).tolist())  # predicted class per image
 ```
 
 Check integrity (every file and the manifest) and numerics: `hwprune bundle --verify .`

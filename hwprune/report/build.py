@@ -60,7 +60,7 @@ def _notes(bench: BenchRecord, nm: NMSummary | None, metrics: TrainMetrics, warn
     if bench.fallback_note:
         notes.append(bench.fallback_note)
     notes.append(f"Groups: {describe_selection(metrics.groups)}.")
-    notes.extend(warnings)
+    notes.extend(f"{w}." for w in warnings)
     if nm:
         notes.append(f"N:M phase {nm.pattern} on {len(nm.layers)} layers: zeros kept as a mask in the ONNX "
                      "weights; only TensorRT sparse tensor cores turn them into speed (ORT CPU does not).")
@@ -84,7 +84,7 @@ def build_report(rd: RunDir, *, step_seconds: dict[str, float]) -> dict[str, Any
     bench = rd.bench()
     if bench is None:
         raise DataError(f"{rd.root}: bench.json missing (run the timing step first)")
-    stage = export.stage
+    stage = export.stage or metrics.final_stage  # a run's export record always names its stage
     dense, _ = rd.load_model("dense")
     final, _ = rd.load_model(stage)
     example = rd.example_input()

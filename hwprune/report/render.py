@@ -54,7 +54,10 @@ class RunReport(TypedDict, total=False):
     Optional: ``run_dir``, ``created``, ``widths`` (surgery plan widths), ``sweep`` (Pareto points
     ``{label, accuracy, latency_ms, kind}``), ``notes``, ``accuracy_of`` (``{split, dense, pruned,
     test_images}``: the split and the models ``accuracy`` was measured on), ``val_accuracy`` (per stage
-    on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked).
+    on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked),
+    ``timing`` (``{profile, timed, same_as_profile, fallback_note}``: backend/provider/precision asked
+    for and used), ``selection`` (``{zeroed_by, text}``: which step removed the groups), ``sparsity``
+    (``{budget, requested, achieved}``), ``warnings`` (granularity fallbacks, lost alignment).
     Added by :func:`derive`: ``speedup``, ``mac_reduction``, ``param_reduction``, ``plots``.
     """
 

@@ -82,7 +82,7 @@ def alignment_warnings(layers: list[dict[str, Any]], widths: list[dict[str, Any]
     out: list[str] = []
     notes = {str(r.get("layer")): str(r.get("note") or "") for r in layers}
     for layer, note in notes.items():
-        if "fallback" in note:
+        if "fallback" in note and alignment > 1:
             out.append(f"layer {layer}: {note} (its width is not a multiple of the profile's block of {alignment})")
     for w in widths:
         before, after = int(w.get("before", 0)), int(w.get("after", 0))
