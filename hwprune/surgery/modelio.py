@@ -3,11 +3,14 @@
 A saved model ``STEM`` is two files: ``STEM.json`` = ``{"format": 1, "model": name, "kwargs": {...},
 "input_shape": [C, H, W], "plan": SurgeryPlan dict | null, "extra": {...}}`` and
 ``STEM.safetensors`` (the state dict). Loading re-creates the architecture from the registry,
-replays the surgery plan on it, then loads the tensors strictly: nothing is unpickled.
+replays the surgery plan on it, then loads the tensors strictly: nothing is unpickled. A
+``package.module:callable`` model also records ``import_path`` (the directory its module was
+imported from), put on ``sys.path`` when it is loaded, so the files load from any directory.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError, DataError
 from hwprune.base.files import atomic_path, atomic_write_json, read_json, read_safetensors
+from hwprune.base.optional import add_import_path
 
 __all__ = ["save_model", "load_model"]
 
@@ -29,6 +33,18 @@ def _spec_of(model: nn.Module) -> dict[str, Any]:
             "model has no 'hwprune_spec' (create it with hwprune.models.create_model so it can be re-created)"
         )
     return spec
+
+
+def _import_root(name: str) -> str | None:
+    """For a ``package.module:callable`` model: the absolute directory its top package is imported from."""
+    if ":" not in name:
+        return None
+    module = sys.modules.get(name.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    depth = name.partition(":")[0].count(".") + (1 if Path(file).name == "__init__.py" else 0)
+    return str(Path(file).resolve().parents[depth])
 
 
 def save_model(
@@ -59,6 +75,7 @@ def save_model(
         "input_shape": list(input_shape),
         "plan": plan,
         "extra": extra or {},
+        "import_path": _import_root(spec["name"]),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(stem.with_suffix(".safetensors"), suffix=".safetensors.tmp") as tmp:
@@ -87,6 +104,7 @@ def load_model(stem: Path) -> tuple[nn.Module, dict[str, Any]]:
     if not isinstance(meta.get("model"), str) or not isinstance(meta.get("kwargs", {}), dict):
         raise DataError(f"{jpath}: corrupt saved model description (no 'model' name or 'kwargs' mapping); {hint}")
     state = read_safetensors(tpath, what="model weights file", hint=hint)
+    add_import_path(meta.get("import_path") if isinstance(meta.get("import_path"), str) else None)
     try:
         model = create_model(meta["model"], **meta.get("kwargs", {}))
         if meta.get("plan"):
