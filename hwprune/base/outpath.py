@@ -107,6 +107,8 @@ def check_out_file(path: Path | str, *, option: str = "--out", replace: bool = F
         ConfigError: ``path`` is a directory, an existing file (unless ``replace``), or its directory
             cannot be created or written.
     """
+    if str(path).endswith(("/", os.sep)):
+        raise ConfigError(f"{_label(option, Path(path))}/: names a directory, expected a file path (e.g. X/model.onnx)")
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{_label(option, path)}: is a directory, expected a file path")

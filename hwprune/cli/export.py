@@ -21,7 +21,7 @@ __all__ = ["COMMANDS", "export"]
 @click.option("--stage", default=None, help="RUN_DIR stage to export alone (dense, sparse, pruned, nm) [default: "
               "dense.onnx and model.onnx, the most processed stage].")
 @model_input_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_text", type=click.Path(dir_okay=False), default=None,
               help="ONNX path of one model (required with --model; with RUN_DIR: export one stage there, outside "
               "RUN_DIR); its record X.export.json goes beside it. Without it RUN_DIR is exported in place.")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
@@ -33,8 +33,8 @@ __all__ = ["COMMANDS", "export"]
 @click.option("--dynamo/--no-dynamo", default=False, show_default=True, help="Use the torch.export-based exporter.")
 @click.option("--json", "as_json", is_flag=True, help="Print the export record as JSON.")
 def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_classes: int, in_channels: int,
-           input_size: int, out: Path | None, force: bool, opset: int, atol: float, rtol: float, dynamic_batch: bool,
-           simplify: bool, dynamo: bool, as_json: bool) -> None:
+           input_size: int, out_text: str | None, force: bool, opset: int, atol: float, rtol: float,
+           dynamic_batch: bool, simplify: bool, dynamo: bool, as_json: bool) -> None:
     """Export RUN_DIR's models (or --model NAME) to ONNX, check them and compare ORT with PyTorch.
 
     The input options (--input-size, --in-channels, --num-classes, --data) apply to --model only.
@@ -48,8 +48,8 @@ def export(run_dir: Path | None, model_name: str | None, stage: str | None, num_
 
     if (run_dir is None) == (model_name is None):
         raise ConfigError("give exactly one of RUN_DIR or --model NAME")
+    out = None if out_text is None else check_out_file(out_text, replace=force)  # a trailing / is refused
     if out is not None:
-        check_out_file(out, replace=force)
         check_out_file(ExportRecord.path_for(out), replace=True)
     cfg = ExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, dynamo=dynamo,
                        simplify=simplify)

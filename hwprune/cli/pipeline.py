@@ -9,7 +9,6 @@ profile, method, data and model before it creates ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -184,12 +183,15 @@ def run_cmd(out: Path, sparsity_text: str | None, resume: bool, force: bool, ben
 
         check_job(cfg)  # profile, method and its options before the latency table is measured
         res = run_with_budget(cfg, out, latency_budget, opts)
+        report = RunDir.open(out).report() or {}
         if as_json:
-            echo_json(json.loads((out / "report.json").read_text()))
+            echo_json(report)
             return
-        click.echo(f"latency budget {res['budget_ms']:.4f} ms: predicted {res['predicted_ms']:.4f} ms, measured "
-                   f"{res['measured_ms']:.4f} ms (miss {res['miss']:+.1%}, met: {res['met']}; "
-                   f"{len(res['iterations'])} run(s)); report: {out / 'report.md'}")
+        from hwprune.cli.console import echo_run_summary
+
+        echo_run_summary(report)
+        click.echo(f"(predicted {res['predicted_ms']:.4f} ms from the latency table; {len(res['iterations'])} "
+                   f"pipeline run(s)); report: {out / 'report.md'}")
         return
     if len(sweep_dirs) > 1:
         assert sparsities is not None

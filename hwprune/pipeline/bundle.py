@@ -18,6 +18,7 @@ temporary directory next to ``out_dir`` and renamed into place, with the normal 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -139,8 +140,18 @@ def _quantize(src: Path, dst: Path, calib: np.ndarray, input_name: str) -> None:
             i = next(self._it, None)
             return None if i is None else {input_name: calib[i:i + _CALIB_BATCH]}
 
-    q.quantize_static(str(src), str(dst), _Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                      activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+    # onnxruntime's quantizer advises through logging.warning on the root logger, which would also
+    # install a root handler for the rest of the process (duplicating hwprune's lines): silence it.
+    root, quiet = logging.getLogger(), logging.NullHandler()
+    root.addHandler(quiet)
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        q.quantize_static(str(src), str(dst), _Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8)
+    finally:
+        root.removeHandler(quiet)
+        root.setLevel(level)
 
 
 def _bench_spec(rd: RunDir) -> BenchSpec:

@@ -234,6 +234,9 @@ def run_train_job(
     bundle = load_job_data(cfg)
     model = build_job_model(cfg, bundle)
     start = _load_start_model(cfg, model)
+    # the profile must group this model (and k_override fit it) before anything is trained or written
+    _budget(build_groups(model, profile, bundle.train[0][0].unsqueeze(0), phase="structured",
+                         latency_table=latency_table), cfg.sparsity, k_override)
     if resume:
         start = _check_resumable(RunDir(root), cfg, model) if start is None else start
     rd = RunDir.create(root, RunConfig(train=cfg, profile=profile.name, pipeline=opts or PipelineOptions()),
