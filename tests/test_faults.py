@@ -304,3 +304,16 @@ def test_a_foreign_directory_is_not_written_into_without_force(work: Path) -> No
 
 def test_resume_refuses_other_options(work: Path) -> None:
     _assert_rejected(["train", "--out", str(work / "run"), "--resume", "--lr", "0.5"], work, needle="lr 0.05 -> 0.5")
+
+
+def test_the_suite_covers_every_command() -> None:
+    import click
+
+    from tests.test_cli import LEAVES
+
+    used = [args for args, _ in RUN_READERS.values()] + list(OUT_COMMANDS.values()) + [a for a, _ in BAD_OPTIONS]
+    used += [["profile", "validate"], ["profile", "show"], ["bundle", "--verify"], ["groups"], ["latency-table"]]
+    covered = {tuple(a[:2]) if a[0] == "profile" else (a[0],) for a in used}
+    no_input = {("profile", "list")}  # takes no file and no value that can be wrong
+    assert set(LEAVES) - no_input <= covered, f"commands without fault cases: {set(LEAVES) - no_input - covered}"
+    assert isinstance(cli, click.Group)

@@ -172,3 +172,20 @@ def test_measure_never_recommends_a_profile_that_removes_nothing(monkeypatch: py
                                  model_kwargs={"hidden": [16]}, profiles=["generic-unstructured"], warmup=0, iters=1,
                                  repeats=1)
     assert not any(r["recommended"] for r in only_mask)
+
+
+def test_cli_explains_why_measured_and_static_rankings_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import hwprune.pipeline.select as sel
+    from hwprune.cli import cli
+    from hwprune.profiles.machine import rank_profiles
+
+    static = next(m.name for m in rank_profiles(sel.detect_machine()) if m.matched)
+    other = "generic-channel" if static != "generic-channel" else "x86-avx2-ort"
+    row = {"profile": other, "status": "measured", "recommended": True, "median_ms": 1.0, "p90_ms": 1.0,
+           "speedup": 1.5, "params": 1, "macs": 1, "reason": "8 channels removed", "removed": 8}
+    monkeypatch.setattr(sel, "measure_profiles", lambda *a, **k: [row])
+    r = CliRunner().invoke(cli, ["select", "--measure", "mlp", "--in-channels", "1", "--input-size", "4"])
+    assert r.exit_code == 0, r.output
+    assert f"recommended: {other}" in r.output and "why the rankings differ" in r.output and static in r.output

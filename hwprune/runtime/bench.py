@@ -149,7 +149,10 @@ def _time_ort_round(ort: Any, path: str, req: dict[str, Any], batch: int, provid
     opts.intra_op_num_threads = int(req["threads"])
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=providers)
+    try:
+        sess = ort.InferenceSession(path, opts, providers=providers)
+    except Exception as exc:  # onnxruntime's own errors: one line naming the file, not a worker traceback
+        raise DataError(f"{path}: ONNX Runtime cannot load this model ({' '.join(str(exc).split())[:300]})") from None
     feeds = _feeds(sess.get_inputs(), batch, req.get("input_shape"))
     for _ in range(int(req["warmup"])):
         sess.run(None, feeds)
