@@ -34,7 +34,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not trt"
 
 demo: $(STAMP)
-	$(VENV)/bin/hwprune run
+	$(VENV)/bin/hwprune run --force  # replaces the previous demo run in runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -195,7 +195,7 @@ def test_user_profile_dir_and_calibrated_ranking(tmp_path: Path, monkeypatch: py
     names = [p.name for p in load_all(None)]
     assert names.count("x86-avx2-ort") == 1 and "cal-here" in names  # invalid file skipped
     assert best_profile(HERE).name == "cal-here"
-    listed = json.loads(CliRunner().invoke(cli, ["profile", "list", "--json"]).output)
+    listed = json.loads(CliRunner().invoke(cli, ["profile", "list", "--json"]).stdout)
     assert [r["name"] for r in listed if r["source"] != "bundled"] == ["cal-here"]
     top = rank_profiles(HERE)[0]
     assert top.name == "cal-here" and "calibrated on Fake EPYC 9999" in top.reasons[0]
@@ -232,7 +232,7 @@ def test_cli_calibrate_writes_profile(tmp_path: Path, probes: Path, monkeypatch:
     res = CliRunner().invoke(cli, ["profile", "calibrate", "--out", str(out), "--kinds", "conv,linear",
                                    "--min-width", "8", "--max-block", "4", "--repeats", "3", "--json"])
     assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)
     assert data["curves"]["conv"]["block"] == 4 and load_profile(out).calibration is not None
     res = CliRunner().invoke(cli, ["profile", "calibrate", "--repeats", "1"])
     assert res.exit_code == 2

@@ -92,5 +92,7 @@ def test_export_of_a_bare_model_writes_a_checked_report(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["export", "--model", "mlp", "--in-channels", "1", "--input-size", "4", "--out",
                                  str(tmp_path / "m.onnx")])
     assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "export_report.json").read_text())
+    record = json.loads((tmp_path / "m.export.json").read_text())
+    report = record["report"]
+    assert record["source"] == "model mlp" and record["stage"] is None and record["onnx"] == "m.onnx"
     assert report["passed"] and report["max_abs_diff"] <= report["atol"] + report["rtol"]

@@ -325,4 +325,4 @@ def test_cli_groups_table_and_json() -> None:
     assert res.exit_code == 2 and "Error:" in res.output
     res = runner.invoke(cli, ["groups", "--profile", "generic-channel", "--model", "lenet5", "--input-size", "28",
                               "--in-channels", "1", "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)["phase"] == "structured"
+    assert res.exit_code == 0 and json.loads(res.stdout)["phase"] == "structured"

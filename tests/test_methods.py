@@ -207,3 +207,36 @@ def test_layerwise_driver_masks_each_scope_and_keeps_it_zero() -> None:
     assert int((~dead_after_stage0[gs.scope_index == 0]).sum()) >= int(k[0])
     assert not bool(gs.nonzero()[dead_after_stage0].any())  # still exactly zero after later SGD steps
     assert [h[0] for h in driver.history] == [0, 2, 4, 6]
+
+
+@pytest.mark.numerics
+def test_the_zero_cause_tracker_tells_prox_from_half_space() -> None:
+    from torch import nn
+
+    from hwprune.groups import build_groups
+    from hwprune.profiles import load_profile
+    from hwprune.sparsity.monitor import ZeroCauseTracker
+    from hwprune.sparsity.proxsgd import ProxSGD
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    gs = build_groups(model, load_profile("generic-channel"), x[:1])
+    k = gs.k_for_sparsity(0.5)
+    with torch.no_grad():
+        model[0].weight[0].zero_()
+        model[0].bias[0] = 0.0  # one group dead before the phase
+    opt = ProxSGD(model, gs, k, lr=0.1, lam=5.0, hs_start=10, eps=0.9)
+    tracker = ZeroCauseTracker(gs, opt, k=k)
+    for step in range(40):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tracker.on_step_end(step, 0)
+    causes = tracker.per_scope()
+    zero = int((~gs.nonzero()).sum())
+    assert sum(sum(v) for v in causes.values()) == zero  # every zero group has exactly one cause
+    assert causes["dead"] == [1] and causes["prox"][0] + causes["halfspace"][0] == zero - 1
+    assert causes["prox"][0] >= 1 and causes["halfspace"][0] >= 1  # both steps zeroed groups here (lam 5, eps 0.9)
+    assert tracker.on_epoch_end(0, {})["k_groups"] == int(k.sum())

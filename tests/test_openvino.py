@@ -113,7 +113,7 @@ def test_cli_bench_openvino_compare_and_latency_table(onnx_pair: tuple[Path, Pat
             "--threads", "1"]
     res = CliRunner().invoke(cli, ["bench", "--compare", *map(str, onnx_pair), *args, "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["spec"]["backend"] == "openvino" and out["env"]["versions"]["openvino"]
     res = CliRunner().invoke(cli, ["latency-table", "--profile", "x86-openvino", "--model", "mlp", "--input-size", "4",
                                    "--in-channels", "1", "--widths", "8,16", "--iters", "3",

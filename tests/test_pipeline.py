@@ -44,7 +44,8 @@ def test_run_writes_a_valid_report_with_plots(fast_run: tuple[Path, dict]) -> No
         assert (run_dir / "plots" / name).read_bytes()[:8] == PNG_MAGIC
     for artifact in ("config.yaml", "profile.yaml", "example_input.safetensors", "train_log.jsonl", "groups.json",
                      "dense.json", "sparse.safetensors", "pruned.json", "surgery_plan.json", "prune_summary.json",
-                     "model.onnx", "dense.onnx", "export_report.json", "bench.json", "metrics.json"):
+                     "model.onnx", "dense.onnx", "model.export.json", "dense.export.json", "bench.json",
+                     "metrics.json"):
         assert (run_dir / artifact).is_file(), artifact
     widths = {w["module"]: w for w in report["widths"]}
     assert all(w["aligned"] for w in widths.values() if w["block"] > 1)
@@ -65,7 +66,11 @@ def test_steps_rerun_alone_from_artifacts(fast_run: tuple[Path, dict]) -> None:
     assert summary.params["pruned"] == report["params"]["pruned"] < summary.params["sparse"]
     assert summary.val_accuracy["pruned"] == pytest.approx(summary.val_accuracy["sparse"], abs=1e-9)
     exp = step_export(run_dir)
-    assert exp.model["passed"] and exp.dense["passed"] and exp.stage == "pruned"
+    assert exp.passed and RunDir.open(run_dir).export("dense").passed and exp.stage == "pruned"
+    dense_record = (run_dir / "model.export.json").read_bytes()
+    one = step_export(run_dir, stage="dense")  # one stage alone: its own file and record, nobody else's
+    assert one.stage == "dense" and one.onnx == "dense.onnx"
+    assert (run_dir / "model.export.json").read_bytes() == dense_record
 
 
 def test_masked_finetune_leaves_the_surgery_to_prune(tmp_path: Path) -> None:
@@ -113,13 +118,13 @@ def test_cli_prune_and_export_on_run_dir(fast_run: tuple[Path, dict]) -> None:
     run_dir, _ = fast_run
     r = CliRunner().invoke(cli, ["prune", str(run_dir), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["max_abs_diff"] < 1e-4
+    assert json.loads(r.stdout)["max_abs_diff"] < 1e-4
     r = CliRunner().invoke(cli, ["export", str(run_dir), "--opset", "18"])
     assert r.exit_code == 0, r.output
-    record = RunDir.open(run_dir).export()  # still the run's export record, re-exported with opset 18
-    assert record.stage == "pruned" and record.model["opset"] == 18 and record.model["passed"]
+    record = RunDir.open(run_dir).export()  # the run's export record of model.onnx, re-exported with opset 18
+    assert record.stage == "pruned" and record.report["opset"] == 18 and record.passed
     r = CliRunner().invoke(cli, ["export", str(run_dir), "--out", str(run_dir / "other.onnx")])
-    assert r.exit_code == 2 and "export record" in r.output
+    assert r.exit_code == 2 and "omit --out" in r.output
 
 
 def test_run_with_an_nm_profile_masks_and_checks_the_pattern(tmp_path: Path) -> None:
@@ -147,7 +152,7 @@ def test_train_cli_ends_with_exact_k(tmp_path: Path) -> None:
                                  "--epochs", "1", "--dense-epochs", "1", "--train-limit", "300",
                                  "--profile", "generic-channel", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    metrics = json.loads(r.output)
+    metrics = json.loads(r.stdout)
     assert metrics["scopes"] and all(s["nonzero"] == s["k"] for s in metrics["scopes"])
     assert metrics["final_stage"] == "pruned" and metrics["splits"]["val"] == 30
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -155,7 +160,7 @@ def test_train_cli_ends_with_exact_k(tmp_path: Path) -> None:
     again = CliRunner().invoke(cli, ["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "y"),
                                      "--epochs", "1", "--json"])  # a run's config.yaml repeats its job
     assert again.exit_code == 0, again.output
-    assert json.loads(again.output)["scopes"] == metrics["scopes"]
+    assert json.loads(again.stdout)["scopes"] == metrics["scopes"]
 
 
 @pytest.mark.parametrize(

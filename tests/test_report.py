@@ -75,7 +75,7 @@ def test_write_report_json_md_and_plots(tmp_path: Path) -> None:
         assert _is_png(tmp_path / rel)
     md = mpath.read_text()
     for text in ("x86-avx2-ort", "digits_cnn", "wgsef", "0.9812", "0.9733", "56554", "14458", "1788544",
-                 "451904", "Test CPU 9000", "2.13.0", "12.5", "| conv2 | 8 | 4 | 5 | 0.5 | 0.375 |",
+                 "451904", "Test CPU 9000", "2.13.0", "12.5", "| conv2 | 8 | 4 | 5 | - | 0.5 | 0.375 |",
                  "![pareto](plots/pareto.png)", "| 32 | 4 | 1.6 | 2.5 |"):
         assert text in md, text
 
@@ -112,3 +112,19 @@ def test_summary_table_has_rows() -> None:
     console.print(summary_table(_report()))
     text = console.export_text()
     assert "2.00x" in text and "0.9733" in text and "56,554" in text
+
+
+def test_lost_alignment_is_warned_and_marked() -> None:
+    from hwprune.report.build import _widths
+    from hwprune.training.compact import alignment_warnings
+
+    rows = [{"module": "fc1", "before": 120, "after": 64, "block": 8, "aligned": True},
+            {"module": "fc2", "before": 84, "after": 42, "block": 1, "aligned": True},  # fallback: single channels
+            {"module": "fc", "before": 10, "after": 10, "block": 1, "aligned": True}]  # the output: untouched
+    layers = [{"layer": "fc2", "note": "fallback channel for fc2"}, {"layer": "fc1", "note": ""}]
+    widths = _widths(rows, 8)
+    assert [w["aligned"] for w in widths] == [True, False, True]  # the plot marks fc2 with "!"
+    warnings = alignment_warnings(layers, widths, 8)
+    assert len(warnings) == 2 and all("fc2" in w for w in warnings)
+    assert "84 -> 42" not in warnings[1] and "kept width 42 (from 84) is not a multiple of 8" in warnings[1]
+    assert alignment_warnings(layers, widths, 1) == []  # a profile without blocks has no alignment to lose

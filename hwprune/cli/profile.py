@@ -112,10 +112,13 @@ def _fallback_block(backend: str, facts: Any) -> int:
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=2), default=5, show_default=True, help="Interleaved rounds.")
+@click.option("--force", is_flag=True, help="Replace an existing profile file at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def calibrate_cmd(backend: str, threads: int, batch: int, out: Path | None, name: str | None, kinds: str,
-                  min_width: int, max_block: int, iters: int, warmup: int, repeats: int, as_json: bool) -> None:
+                  min_width: int, max_block: int, iters: int, warmup: int, repeats: int, force: bool,
+                  as_json: bool) -> None:
     """Measure this machine's width staircase per layer kind on BACKEND; write a calibrated profile."""
+    from hwprune.base.outpath import check_out_file
     from hwprune.profiles.io import user_profiles_dir
     from hwprune.profiles.machine import detect_machine
     from hwprune.runtime.calibrate import CalibrationSettings, calibrate, write_calibration
@@ -124,9 +127,10 @@ def calibrate_cmd(backend: str, threads: int, batch: int, out: Path | None, name
                                    threads=threads, batch=batch, kinds=tuple(k for k in kinds.split(",") if k),
                                    min_width=min_width, max_block=max_block, iters=iters, warmup=warmup,
                                    repeats=repeats)
+    out = check_out_file(out or user_profiles_dir() / f"calibrated-{backend}-t{threads}-b{batch}.yaml",
+                         replace=force)  # before the minutes of measuring
     facts = detect_machine()
     result = calibrate(settings, facts=facts)
-    out = out or user_profiles_dir() / f"calibrated-{backend}-t{threads}-b{batch}.yaml"
     prof, files = write_calibration(result, out, name=name, fallback_block=_fallback_block(backend, facts))
     if as_json:
         click.echo(json.dumps({"profile": str(files["profile"]), "files": {k: str(v) for k, v in files.items()},

@@ -57,7 +57,14 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
         click.echo(f"{star}{r['profile']:<23} median {r['median_ms']:.4f} ms  p90 {r['p90_ms']:.4f} ms  "
                    f"speed-up {speed}  params {r['params']}  MACs {r['macs']}  ({r['reason']})")
     best = next((r["profile"] for r in rows if r["recommended"]), None)
-    click.echo(f"recommended: {best}" if best else "recommended: none (no profile could be timed here)")
+    click.echo(f"recommended: {best}" if best else "recommended: none (no timed profile removed anything here)")
+    static = next((m.name for m in ranked if m.matched), None)
+    if best and static and best != static:
+        click.echo(f"why the rankings differ: the static ranking (what --profile auto uses; top: {static}) scores how "
+                   "well each profile's device, ISA and runtime match this machine, without timing anything; the "
+                   f"measured one (top: {best}) times {model} pruned at {sparsity:g} under each profile here, at "
+                   "batch 1, so the model's layer widths, the alignment each profile keeps and timing noise decide it. "
+                   f"Use --profile {best} to prune for the measured winner.")
 
 
 COMMANDS: list[click.Command] = [select]

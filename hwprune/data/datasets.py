@@ -25,6 +25,7 @@ from hwprune.data.bundle import DatasetBundle, finalize, stratified_split
 from hwprune.data.formats import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
+    image_folder_splits,
     read_cifar10_dir,
     read_idx,
     read_image_folder,
@@ -180,8 +181,17 @@ def _cifar10(data_dir: Path | None, image_size: int | None, seed: int, options: 
 def _imagefolder(data_dir: Path | None, image_size: int | None, seed: int, options: dict[str, Any]) -> _Raw:
     _no_options("imagefolder", options)
     size = 32 if image_size is None else image_size
-    x, y, classes = read_image_folder(_need_dir("imagefolder", data_dir), size)
-    raw = _split(x, y, seed, len(classes), 255.0)
+    root = _need_dir("imagefolder", data_dir)
+    splits = image_folder_splits(root)
+    if splits is None:  # root/<class>/<image>: a stratified 80/20 train/test split drawn with the data seed
+        x, y, classes = read_image_folder(root, size)
+        raw = _split(x, y, seed, len(classes), 255.0)
+    else:  # root/train/<class>/... and root/val (or test)/<class>/...: the given split is the test split
+        x, y, classes = read_image_folder(splits[0], size)
+        x_te, y_te, _ = read_image_folder(splits[1], size, classes=classes)
+        if x_te.shape[1] != x.shape[1]:  # one split all grayscale, the other RGB: RGB for both
+            x, x_te = (np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a for a in (x, x_te))
+        raw = _Raw(x, y, x_te, y_te, len(classes), 255.0)
     raw.resize_info = {"from": "file", "to": size, "mode": "bilinear"}
     return raw
 

@@ -327,10 +327,11 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
     opts = opts or PipelineOptions()
     run_fn = run_fn or run
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    parse_budget(budget, dense_ms=1.0)  # syntax first: nothing is built or written for a malformed budget
     profile = resolve_profile(cfg.profile)
     _, model, example = data_and_model(cfg)
     spec, note = bench_spec_for(profile, opts)
+    run_dir.mkdir(parents=True, exist_ok=True)
     table = build_latency_table(model, profile, example, bench=table_bench_spec(spec, 1), max_points=max_points,
                                 cache_path=cache_path or default_cache_path(), time_fn=time_fn)
     table.save(run_dir)

@@ -64,7 +64,7 @@ def measure_profiles(
     Rows (sorted by ``median_ms``, skipped profiles last): ``profile``, ``score``, ``status``
     (``measured`` | ``skipped``), ``reason``, ``alignment``, ``params``, ``macs``, ``median_ms``,
     ``p90_ms``, ``speedup`` (dense median / pruned median, batch ``batch_size``) and ``recommended``
-    (True on the fastest measured row). A ``dense`` reference row (profile ``"dense"``) is included.
+    (True on the fastest measured row with ``removed`` > 0 channels). A ``dense`` reference row is included.
     ``warmup``/``iters``/``repeats`` override each profile's bench settings (None: the profile's).
     """
     import torch
@@ -118,7 +118,8 @@ def measure_profiles(
             dense = dense_row(p)
             compact, plan = _prune_random(fresh(), p, example, sparsity)
             removed = sum(len(s.get("idxs", ())) for s in plan["steps"])
-            rows.append({**base, "status": "measured", "reason": f"{removed} channels removed",
+            reason = f"{removed} channels removed" if removed else "removes nothing structurally (a mask profile)"
+            rows.append({**base, "status": "measured", "reason": reason, "removed": removed,
                          "dense_ms": dense["median_ms"], **timed(compact, p.name, p)})
     for r in rows:
         ref = r.pop("dense_ms", r["median_ms"] if r["profile"].startswith("dense") else None)
@@ -127,7 +128,9 @@ def measure_profiles(
         r["recommended"] = False
     rows.sort(key=lambda r: (r["status"] != "measured", r["median_ms"] if r["median_ms"] is not None else 0.0,
                              r["profile"]))
-    best = next((r for r in rows if r["status"] == "measured" and not r["profile"].startswith("dense")), None)
+    # never recommend a profile that removes nothing: its speed is the dense model's, whatever the timing noise
+    best = next((r for r in rows if r["status"] == "measured" and not r["profile"].startswith("dense")
+                 and r.get("removed")), None)
     if best is not None:
         best["recommended"] = True
     return rows

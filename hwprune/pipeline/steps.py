@@ -21,6 +21,7 @@ import torch
 
 from hwprune.base.errors import ConfigError, DataError, MissingBackendError
 from hwprune.base.files import atomic_write_json
+from hwprune.base.outpath import check_writable_dir
 from hwprune.profiles import BenchSpec, HardwareProfile
 from hwprune.training.artifacts import BenchRecord, ExportRecord, NMSummary, SurgerySummary
 from hwprune.training.config import TrainJobConfig
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from hwprune.runtime.export import ExportConfig
 
 __all__ = ["PipelineOptions", "run", "sweep", "step_train", "step_prune", "step_nm", "step_export", "step_bench",
-           "step_report", "bench_spec_for", "open_run"]
+           "step_report", "bench_spec_for", "fallback_spec", "export_model", "open_run"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +71,7 @@ def step_prune(run: Path | RunDir) -> SurgerySummary:
     if rd.has_surgery():
         rd.load_model("pruned")  # the compact model still loads (its plan replays)
         return rd.surgery()
+    check_writable_dir(rd.root, option="RUN_DIR")
     model, _ = rd.load_model("sparse")
     gs = surgery_groups(model, rd.profile, rd, what="sparse model")
     rd.check_groups(gs)
@@ -93,6 +95,7 @@ def step_nm(run: Path | RunDir, opts: PipelineOptions | None = None) -> NMSummar
     rd = open_run(run)
     if not rd.profile.has_nm:
         return None
+    check_writable_dir(rd.root, option="RUN_DIR")
     opts = _recorded(rd, opts)
     model, meta = rd.load_model("pruned")
     info = run_nm_phase(model, rd, opts)
@@ -102,60 +105,106 @@ def step_nm(run: Path | RunDir, opts: PipelineOptions | None = None) -> NMSummar
     return info
 
 
-def step_export(run: Path | RunDir, *, config: ExportConfig | None = None, stage: str | None = None) -> ExportRecord:
-    """Export the dense model and the final model to ONNX with parity checks (``export_report.json``).
+def export_model(model: torch.nn.Module, example: torch.Tensor, onnx_path: Path, cfg: ExportConfig | None = None, *,
+                 source: str, stage: str | None = None,
+                 record_writer: Callable[[Path, ExportRecord], None] | None = None) -> ExportRecord:
+    """Export one model to ``onnx_path`` with its parity check and write its record ``<name>.export.json``.
 
-    ``config``: exporter settings (None: the defaults); ``stage``: the model exported as ``model.onnx``
-    (None: the most processed one).
+    The one writer of export records (the run's export step and ``hwprune export --out``). A parity
+    failure writes a record with ``passed: false`` and every mismatch, then re-raises.
+
+    Args:
+        model: the model (eval mode is set for the export and restored).
+        example: one input ``(1, C, H, W)`` (also an extra parity case).
+        onnx_path: destination (written atomically).
+        cfg: exporter settings (None: the defaults).
+        source: what is exported, for the record (``run RUN_DIR`` / ``model NAME``).
+        stage: the run stage, or None.
+        record_writer: ``(onnx_path, record)`` writer (a RunDir's ``write_export``); None: beside the file.
     """
-    from hwprune.runtime.export import ExportConfig, check_nm_pattern, export_and_validate
+    from hwprune.base.errors import NumericalMismatchError
+    from hwprune.runtime.export import ExportConfig, export_and_validate
 
-    rd = open_run(run)
-    cfg = config or ExportConfig()
-    stage = stage or rd.final_stage()
-    dense, _ = rd.load_model("dense")
-    final, _ = rd.load_model(stage)
-    x = rd.example_input()
-    rep_dense = export_and_validate(dense, x, rd.onnx_path("dense"), cfg)
-    rep_final = export_and_validate(final, x, rd.onnx_path("final"), cfg)
-    nm_pattern = None
-    if stage == "nm":
-        from hwprune.training.nm import onnx_nm_weight_names
-
-        nm_info = rd.nm()
-        if nm_info is None:
-            raise DataError(f"{rd.root}: nm.* exists but nm_summary.json does not; re-run 'hwprune nm {rd.root}'")
-        names = onnx_nm_weight_names(rd.onnx_path("final"), final, nm_info.param_names)
-        nm_pattern = check_nm_pattern(rd.onnx_path("final"), nm_info.n, nm_info.m, weight_names=names).to_dict()
-    openvino = None
-    if rd.profile.bench.backend == "openvino":  # the profile's runtime: check its outputs too
-        from hwprune.runtime.availability import backend_problem
-        from hwprune.runtime.openvino import validate_openvino
-
-        if backend_problem("openvino") is None:
-            openvino = validate_openvino(final, rd.onnx_path("final"))
-    record = ExportRecord(stage=stage, dense=rep_dense.to_dict(), model=rep_final.to_dict(), nm_pattern=nm_pattern,
-                          openvino=openvino)
-    rd.write_export(record)
+    cfg = cfg or ExportConfig()
+    write = record_writer or (lambda path, rec: atomic_write_json(ExportRecord.path_for(path), rec.to_dict()))
+    log.info("exporting %s -> %s (opset %d, parity at batch 1 and 3)", stage or source, onnx_path, cfg.opset)
+    try:
+        rep = export_and_validate(model, example, onnx_path, cfg).to_dict()
+    except NumericalMismatchError as exc:
+        write(onnx_path, ExportRecord(onnx=Path(onnx_path).name, source=source, stage=stage, report={
+            "passed": False, "error": str(exc), "mismatches": exc.mismatches, "atol": cfg.atol, "rtol": cfg.rtol}))
+        raise
+    record = ExportRecord(onnx=Path(onnx_path).name, source=source, stage=stage, report=rep)
+    write(onnx_path, record)
     return record
 
 
-def bench_spec_for(profile: HardwareProfile, opts: PipelineOptions) -> tuple[BenchSpec, str | None]:
-    """The profile's timing spec with ``opts``' overrides, falling back to ORT CPU when allowed.
+def step_export(run: Path | RunDir, *, config: ExportConfig | None = None, stage: str | None = None) -> ExportRecord:
+    """Export to ONNX with parity checks, one record per model (``<name>.export.json``).
 
-    Returns ``(spec, note)``; ``note`` says what was replaced when the profile's backend is missing.
+    ``stage`` None: the dense model (``dense.onnx``) and the most processed one (``model.onnx``),
+    what the timing step compares; returns the latter's record. ``stage`` given: only that stage, at
+    ``RunDir.onnx_path_of(stage)`` (``dense.onnx``, ``model.onnx`` for the final stage, else
+    ``<stage>.onnx``), so no other model's file or record is replaced.
+    """
+    from hwprune.runtime.export import check_nm_pattern
+
+    rd = open_run(run)
+    check_writable_dir(rd.root, option="RUN_DIR")
+    source = f"run {rd.root}"
+    x = rd.example_input()
+    final = rd.final_stage()
+    stages = [stage] if stage is not None else ["dense", final]
+    models = {st: rd.load_model(st)[0] for st in stages}  # every model loads before any file is written
+    record: ExportRecord | None = None
+    for st, model in models.items():
+        path = rd.onnx_path_of(st)
+        record = export_model(model, x, path, config, source=source, stage=st, record_writer=rd.write_export)
+        if st == "nm":
+            from hwprune.training.nm import onnx_nm_weight_names
+
+            nm_info = rd.nm()
+            if nm_info is None:
+                raise DataError(f"{rd.root}: nm.* exists but nm_summary.json does not; re-run 'hwprune nm {rd.root}'")
+            names = onnx_nm_weight_names(path, model, nm_info.param_names)
+            pattern = check_nm_pattern(path, nm_info.n, nm_info.m, weight_names=names).to_dict()
+            record = dataclasses.replace(record, nm_pattern=pattern)
+            rd.write_export(path, record)
+        if st == final and rd.profile.bench.backend == "openvino":  # the profile's runtime: check it too
+            from hwprune.runtime.availability import backend_problem
+            from hwprune.runtime.openvino import validate_openvino
+
+            if backend_problem("openvino") is None:
+                record = dataclasses.replace(record, openvino=validate_openvino(model, path))
+                rd.write_export(path, record)
+    assert record is not None  # stages is never empty
+    return record
+
+
+def fallback_spec(spec: BenchSpec, *, allow: bool = True, who: str = "the profile") -> tuple[BenchSpec, str | None]:
+    """``spec``, or ORT CPU fp32 when its backend is missing here and ``allow``; returns ``(spec, note)``.
+
+    ``note`` (None when nothing was replaced) says loudly what was asked and what is timed instead:
+    such numbers say nothing about the profile's device. With ``allow`` False a missing backend is
+    a ``MissingBackendError``.
     """
     from hwprune.runtime.availability import backend_problem
 
-    spec = dataclasses.replace(profile.bench, **opts.bench_overrides())
     problem = backend_problem(spec.backend, spec.provider, need_gpu_check=False)
     if problem is None:
         return spec, None
-    if not opts.bench_fallback:
+    if not allow:
         raise MissingBackendError(problem)
-    note = f"profile backend {spec.backend}/{spec.provider}/{spec.precision} unavailable here ({problem}); " \
-           "timed on onnxruntime CPU fp32 instead"
+    reason = problem.split(";")[0]
+    note = (f"{who} asks for {spec.backend}/{spec.provider}/{spec.precision}, which is not available here "
+            f"({reason}); TIMED ON onnxruntime/cpu/fp32 INSTEAD: these latencies are not the profile's device")
     return dataclasses.replace(spec, backend="onnxruntime", provider="cpu", precision="fp32"), note
+
+
+def bench_spec_for(profile: HardwareProfile, opts: PipelineOptions) -> tuple[BenchSpec, str | None]:
+    """The profile's timing spec with ``opts``' overrides, falling back to ORT CPU when allowed (``fallback_spec``)."""
+    spec = dataclasses.replace(profile.bench, **opts.bench_overrides())
+    return fallback_spec(spec, allow=opts.bench_fallback, who=f"profile {profile.name}")
 
 
 def step_bench(run: Path | RunDir, opts: PipelineOptions | None = None) -> BenchRecord:
@@ -167,10 +216,16 @@ def step_bench(run: Path | RunDir, opts: PipelineOptions | None = None) -> Bench
     from hwprune.runtime.envinfo import collect_env
 
     rd = open_run(run)
+    check_writable_dir(rd.root, option="RUN_DIR")
     spec, note = bench_spec_for(rd.profile, _recorded(rd, opts))
     for which in ("dense", "final"):
         if not rd.onnx_path(which).is_file():
             raise DataError(f"{rd.onnx_path(which)}: missing (run 'hwprune export {rd.root}' first)")
+    if note:
+        log.warning("%s", note)
+    log.info("timing dense.onnx and model.onnx on %s/%s/%s, batch %s: %d fresh sessions x %d iterations each "
+             "(fresh worker process)", spec.backend, spec.provider, spec.precision,
+             ",".join(str(b) for b in spec.batch_sizes), spec.repeats, spec.iters)
     result = compare(rd.onnx_path("dense"), rd.onnx_path("final"), spec)
     record = BenchRecord(dense=result["dense"], pruned=result["pruned"], speedup=result["speedup"],
                          spec={k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()},

@@ -16,7 +16,8 @@ from typing import Any
 from hwprune.base.errors import DataError
 from hwprune.models.complexity import count_params_and_macs
 from hwprune.report.render import REPORT_SCHEMA_VERSION
-from hwprune.training.artifacts import BenchRecord, NMSummary, TrainMetrics
+from hwprune.training.artifacts import BenchRecord, NMSummary, TrainMetrics, describe_selection
+from hwprune.training.compact import alignment_warnings
 from hwprune.training.rundir import RunDir
 
 __all__ = ["build_report", "pareto_points"]
@@ -34,10 +35,32 @@ def _versions() -> dict[str, Any]:
     return out
 
 
-def _notes(bench: BenchRecord, nm: NMSummary | None, metrics: TrainMetrics) -> str:
+def _widths(rows: list[dict[str, Any]], alignment: int) -> list[dict[str, Any]]:
+    """Plan width rows with ``aligned`` judged against the profile's block (a pruned width that lost it: False)."""
+    out = []
+    for w in rows:
+        w = dict(w)
+        if alignment > 1 and w.get("after") != w.get("before"):
+            w["aligned"] = int(w.get("after", 0)) % alignment == 0
+            w["profile_block"] = alignment
+        out.append(w)
+    return out
+
+
+def _timing(rd: RunDir, bench: BenchRecord) -> dict[str, Any]:
+    """What the profile asked to time on and what was timed (``fallback_note`` when they differ)."""
+    keys = ("backend", "provider", "precision")
+    asked = {k: getattr(rd.profile.bench, k) for k in keys}
+    timed = {k: bench.spec.get(k) for k in keys}
+    return {"profile": asked, "timed": timed, "same_as_profile": asked == timed, "fallback_note": bench.fallback_note}
+
+
+def _notes(bench: BenchRecord, nm: NMSummary | None, metrics: TrainMetrics, warnings: list[str]) -> str:
     notes = []
     if bench.fallback_note:
         notes.append(bench.fallback_note)
+    notes.append(f"Groups: {describe_selection(metrics.groups)}.")
+    notes.extend(f"{w}." for w in warnings)
     if nm:
         notes.append(f"N:M phase {nm.pattern} on {len(nm.layers)} layers: zeros kept as a mask in the ONNX "
                      "weights; only TensorRT sparse tensor cores turn them into speed (ORT CPU does not).")
@@ -61,12 +84,16 @@ def build_report(rd: RunDir, *, step_seconds: dict[str, float]) -> dict[str, Any
     bench = rd.bench()
     if bench is None:
         raise DataError(f"{rd.root}: bench.json missing (run the timing step first)")
-    stage = export.stage
+    stage = export.stage or metrics.final_stage  # a run's export record always names its stage
     dense, _ = rd.load_model("dense")
     final, _ = rd.load_model(stage)
     example = rd.example_input()
     p0, m0 = count_params_and_macs(dense, example)
     p1, m1 = count_params_and_macs(final, example)
+    widths = _widths(plan.get("widths", []), rd.profile.alignment)
+    warnings = alignment_warnings(rd.groups_description().get("layers", []) if rd.has_groups() else [],
+                                  widths, rd.profile.alignment)
+    timing = _timing(rd, bench)
     report: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "profile": metrics.profile, "model": metrics.model, "data": metrics.data,
@@ -82,14 +109,17 @@ def build_report(rd: RunDir, *, step_seconds: dict[str, float]) -> dict[str, Any
         "environment": bench.env, "versions": _versions(),
         "timings": {**metrics.seconds, **{f"step_{k}": v for k, v in step_seconds.items()}},
         "run_dir": str(rd.root), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "widths": plan.get("widths", []),
+        "widths": widths, "warnings": warnings, "timing": timing,
+        "sparsity": {"budget": metrics.budget, "requested": metrics.sparsity if metrics.budget == "sparsity" else None,
+                     "achieved": 1 - metrics.groups.nonzero / metrics.groups.total if metrics.groups.total else 0.0},
+        "selection": {"zeroed_by": metrics.groups.zeroed_by, "text": describe_selection(metrics.groups)},
         "groups": dataclasses.asdict(metrics.groups), "exact_k": metrics.exact_k,
         "epochs": metrics.epochs, "finetuned_model": "compact" if not prune.after_finetune else "masked",
-        "export": {"stage": export.stage, "max_abs_diff": export.model.get("max_abs_diff"),
-                   "opset": export.model.get("opset"), "passed": export.model.get("passed")},
+        "export": {"stage": export.stage, "max_abs_diff": export.report.get("max_abs_diff"),
+                   "opset": export.report.get("opset"), "passed": export.passed},
         "surgery": {"removed_channels": prune.removed_channels, "max_abs_diff": prune.max_abs_diff},
         "preprocessing": metrics.preprocessing,
-        "notes": _notes(bench, nm, metrics),
+        "notes": _notes(bench, nm, metrics, warnings),
     }
     if nm:
         report["nm"] = {k: v for k, v in nm.to_dict().items() if k != "param_names"}

@@ -56,7 +56,10 @@ class RunReport(TypedDict, total=False):
     test_images}``: the split and the models ``accuracy`` was measured on), ``val_accuracy`` (per stage
     on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked),
     ``staircase_widths`` (calibrated profiles: per layer the kept width against the measured staircase,
-    ``hwprune.runtime.steptable.kept_vs_staircase``).
+    ``hwprune.runtime.steptable.kept_vs_staircase``), ``timing`` (``{profile, timed, same_as_profile,
+    fallback_note}``: backend/provider/precision asked for and used), ``selection`` (``{zeroed_by, text}``:
+    which step removed the groups), ``sparsity`` (``{budget, requested, achieved}``), ``warnings``
+    (granularity fallbacks, lost alignment).
     Added by :func:`derive`: ``speedup``, ``mac_reduction``, ``param_reduction``, ``plots``.
     """
 
@@ -160,11 +163,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md`` text for a derived report (see :func:`derive`)."""
     r = report
     md = [f"# hwprune run: {r['model']} on {r['data']} for {r['profile']}", ""]
-    md += ["## Summary", ""] + _table(["profile", "model", "data", "method", "sparsity target"],
-                                      [[r["profile"], r["model"], r["data"], r["method"], r["sparsity_target"]]])
-    md += _table(["scope", "groups", "target kept (k)", "kept", "target sparsity", "achieved sparsity"],
-                 [[s["name"], s["total"], s["k"], s["nonzero"], 1 - s["k"] / s["total"] if s["total"] else None,
-                   1 - s["nonzero"] / s["total"] if s["total"] else None] for s in r["scopes"]])
+    sp = r.get("sparsity") or {}
+    asked = "per-scope k (latency budget)" if sp.get("budget") == "k_per_scope" else _f(r["sparsity_target"])
+    md += ["## Summary", ""] + _table(["profile", "model", "data", "method", "requested sparsity"],
+                                      [[r["profile"], r["model"], r["data"], r["method"], asked]])
+    md += _timing_lines(r)
+    md += _table(["scope", "groups", "target kept (k)", "kept", "requested sparsity", "target sparsity (from k)",
+                  "achieved sparsity", "removed by"],
+                 [[s["name"], s["total"], s["k"], s["nonzero"], sp.get("requested"),
+                   1 - s["k"] / s["total"] if s["total"] else None,
+                   1 - s["nonzero"] / s["total"] if s["total"] else None,
+                   ", ".join(f"{c} {n}" for c, n in (s.get("zeroed_by") or {}).items() if n) or "-"]
+                  for s in r["scopes"]])
+    if (r.get("selection") or {}).get("text"):
+        md += [f"Who chose the groups: {r['selection']['text']} (k = ceil((1 - s) * groups) per scope; `prox` = "
+               "the method's proximal step, `halfspace` = the half-space step, `finalize` = the method's own top-k, "
+               "`projection` = the final top-k projection, `dead` = zero before the sparse phase).", ""]
+    for w in r.get("warnings", []):
+        md += [f"**Warning:** {w}", ""]
     md += ["## Accuracy, size, compute", ""]
     md += _table(["", "dense", "pruned", "ratio dense/pruned"],
                  [["accuracy", r["accuracy"]["dense"], r["accuracy"]["pruned"], "-"],
@@ -188,6 +204,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     md += ["## Versions", ""] + _table(["package", "version"], [[k, _f(v)] for k, v in r["versions"].items()])
     if r.get("plots"):
         md += ["## Plots", ""] + [f"![{name}]({rel})" for name, rel in r["plots"].items()] + [""]
+    md += _nm_lines(r)
     if r.get("latency_budget"):
         lb = r["latency_budget"]
         md += ["## Latency budget (batch 1)", ""] + _table(
@@ -209,6 +226,31 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     if r.get("notes"):
         md += ["## Notes", "", str(r["notes"]), ""]
     return "\n".join(md)
+
+
+def _timing_lines(r: Mapping[str, Any]) -> list[str]:
+    """What the profile asked to be timed on vs what was timed (a loud line when they differ)."""
+    t = r.get("timing")
+    if not t:
+        return []
+    asked, timed = ("/".join(str(d.get(k)) for k in ("backend", "provider", "precision")) for d in (t["profile"],
+                                                                                                     t["timed"]))
+    if t.get("same_as_profile"):
+        return [f"Timed on {timed}, the profile's backend.", ""]
+    return [f"**Timed on {timed}, NOT on the profile's {asked}:** {t.get('fallback_note') or ''}", ""]
+
+
+def _nm_lines(r: Mapping[str, Any]) -> list[str]:
+    """The N:M phase: validation accuracy before it, after its projection and after its fine-tune."""
+    nm = r.get("nm")
+    if not nm:
+        return []
+    v = nm.get("val_accuracy") or {}
+    return ["## N:M phase", ""] + _table(
+        ["pattern", "layers", "val. accuracy before", "after the N:M projection", "after the N:M fine-tune",
+         "test accuracy (final)"],
+        [[nm["pattern"], len(nm.get("layers", [])), v.get("dense"), v.get("projected"), v.get("final"),
+          nm.get("test_accuracy")]])
 
 
 def _accuracy_notes(r: Mapping[str, Any]) -> list[str]:
@@ -277,7 +319,13 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     from rich.table import Table
 
     r = derive(report) if "speedup" not in report else report
-    t = Table(title=f"{r['model']} / {r['data']} / {r['profile']} ({r['method']}, sparsity {r['sparsity_target']:g})")
+    lb = r.get("latency_budget")
+    target = f"latency budget {lb['budget_ms']:.4g} ms" if lb else f"sparsity {r['sparsity_target']:g}"
+    timed = (r.get("timing") or {}).get("timed") or {}
+    on = "/".join(str(timed.get(k)) for k in ("backend", "provider", "precision")) if timed else "?"
+    same = (r.get("timing") or {}).get("same_as_profile", True)
+    t = Table(title=f"{r['model']} / {r['data']} / {r['profile']} ({r['method']}, {target}); timed on {on}"
+              f"{'' if same else ' (NOT the profile backend)'}")
     for col in ("metric", "dense", "pruned", "ratio"):
         t.add_column(col, justify="right" if col != "metric" else "left")
     t.add_row("accuracy", f"{r['accuracy']['dense']:.4f}", f"{r['accuracy']['pruned']:.4f}", "")

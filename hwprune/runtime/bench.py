@@ -33,6 +33,7 @@ from hwprune.base.errors import (
 )
 from hwprune.base.optional import import_optional
 from hwprune.runtime.availability import require_backend
+from hwprune.runtime.onnxfile import check_onnx_file
 from hwprune.runtime.stats import LatencyStats, round_order, summarize
 
 if TYPE_CHECKING:
@@ -71,7 +72,10 @@ def _ort_session(ort: Any, path: str, req: dict[str, Any], batch: int, providers
     opts.intra_op_num_threads = int(req["threads"])
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=providers)
+    try:
+        sess = ort.InferenceSession(path, opts, providers=providers)
+    except Exception as exc:  # onnxruntime's own errors: one line naming the file, not a worker traceback
+        raise DataError(f"{path}: ONNX Runtime cannot load this model ({' '.join(str(exc).split())[:300]})") from None
     return sess, _feeds(sess.get_inputs(), batch, req.get("input_shape"))
 
 
@@ -193,8 +197,7 @@ def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | Non
         raise ConfigError(f"unknown backend '{spec.backend}'; valid: {sorted(BACKENDS)}")
     require_backend(spec.backend, spec.provider)
     for p in paths:
-        if not Path(p).is_file():
-            raise DataError(f"ONNX model not found: {p}")
+        check_onnx_file(p)  # a missing or corrupt file is one line naming it, not a worker traceback
     return {"paths": [str(Path(p).resolve()) for p in paths], "backend": spec.backend, "provider": spec.provider,
             "precision": spec.precision, "batch_sizes": batch_sizes, "warmup": int(spec.warmup),
             "iters": int(spec.iters), "repeats": int(spec.repeats), "threads": int(spec.threads),

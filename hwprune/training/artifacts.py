@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from hwprune.base.errors import DataError
 
-__all__ = ["ByStage", "ScopeCount", "GroupCounts", "SplitSizes", "TrainMetrics", "SurgerySummary",
-           "NMSummary", "ExportRecord", "BenchRecord"]
+__all__ = ["ZERO_CAUSES", "describe_selection", "ByStage", "ScopeCount", "GroupCounts", "SplitSizes", "TrainMetrics",
+           "SurgerySummary", "NMSummary", "ExportRecord", "BenchRecord", "EXPORT_SUFFIX"]
 
 R = TypeVar("R")
 
@@ -55,25 +55,65 @@ class ByStage:
     final: float | None = None
 
 
+ZERO_CAUSES: dict[str, str] = {  # who zeroed a group (``zeroed_by`` keys), as the reports name them
+    "dead": "zero before the sparse phase",
+    "prox": "the method's proximal step",
+    "halfspace": "the half-space step",
+    "untracked": "the sparse phase before a resume (step not recorded)",
+    "finalize": "the method's finalize (one-shot or trimming top-k)",
+    "projection": "the final top-k projection",
+}
+
+
 @dataclass(frozen=True)
 class ScopeCount:
-    """One sparsity scope: ``total`` groups, target ``k`` kept, ``nonzero`` kept in the result."""
+    """One sparsity scope: ``total`` groups, target ``k`` kept, ``nonzero`` kept in the result.
+
+    ``zeroed_by``: cause (``ZERO_CAUSES``) -> groups of this scope removed by it (they sum to
+    ``total - nonzero``); empty in records of an older hwprune.
+    """
 
     name: str
     total: int
     k: int
     nonzero: int
+    zeroed_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of the scope's groups removed."""
+        return 1.0 - self.nonzero / self.total if self.total else 0.0
 
 
 @dataclass(frozen=True)
 class GroupCounts:
-    """Groups over all scopes: total, kept (nonzero), budget k, before the projection, zeroed by it."""
+    """Groups over all scopes: total, kept (nonzero), budget k, before the projection, zeroed by it.
+
+    ``zeroed_by``: cause -> groups removed by it over all scopes (``ScopeCount.zeroed_by`` summed).
+    """
 
     total: int
     nonzero: int
     k: int
     nonzero_before_projection: int
     zeroed_by_projection: int
+    zeroed_by: dict[str, int] = field(default_factory=dict)
+
+
+def describe_selection(groups: GroupCounts) -> str:
+    """One sentence: which step chose the removed groups (e.g. "the final top-k projection removed 5 of 5")."""
+    removed = groups.total - groups.nonzero
+    if removed <= 0:
+        return "no group was removed"
+    by = {c: n for c, n in groups.zeroed_by.items() if n}
+    if not by:
+        return f"{removed} groups removed ({groups.zeroed_by_projection} by the final top-k projection)"
+    parts = ", ".join(f"{n} by {ZERO_CAUSES.get(c, c)}" for c, n in by.items())
+    text = f"{removed} of {groups.total} groups removed: {parts}"
+    if by.get("projection", 0) * 2 > removed:
+        text += " (the projection, not the method, chose most groups: more sparse epochs or a larger --lam " \
+                "let the method select)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -93,7 +133,10 @@ class TrainMetrics:
 
     ``test_accuracy`` is measured once, at the end of the job (dense and final model only);
     ``val_accuracy`` after each stage on the validation split (all None without one).
-    ``method_info`` is the method's own, free-form report (``SparseMethod.finalize``).
+    ``method_info`` is the method's own, free-form report (``SparseMethod.finalize``). ``budget``
+    says where k came from: ``sparsity`` (``k = ceil((1 - sparsity) m)`` per scope; ``sparsity``
+    is the requested fraction) or ``k_per_scope`` (given per scope, e.g. by a latency budget:
+    ``sparsity`` is then not what was asked for).
     """
 
     model: str
@@ -115,6 +158,7 @@ class TrainMetrics:
     method_options: dict[str, Any] = field(default_factory=dict)
     method_info: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    budget: str = "sparsity"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -190,15 +234,43 @@ class NMSummary:
         return _build(cls, d, what, val_accuracy=ByStage(**_get(d, "val_accuracy", what)))
 
 
+EXPORT_RECORD_FORMAT = 1
+EXPORT_SUFFIX = ".export.json"  # the record of ``X.onnx`` is ``X.export.json`` beside it
+
+
 @dataclass(frozen=True)
 class ExportRecord:
-    """``export_report.json``: the stage, both models' ``ExportReport`` dicts, the N:M check, OpenVINO parity."""
+    """``<name>.export.json``: one exported ONNX model ``<name>.onnx``, whichever command exported it.
 
-    stage: str
-    dense: dict[str, Any]
-    model: dict[str, Any]
+    ``onnx``: the ONNX file's name (the record sits beside it); ``source``: what was exported
+    (``run <RUN_DIR>`` or ``model <name>``); ``stage``: the run stage (None for a bare model);
+    ``report``: ``hwprune.runtime.export.ExportReport.to_dict()`` (checker, ORT-vs-PyTorch parity per
+    output at batch 1 and 3 and on the example input, tolerances, ``passed``), or on a parity
+    failure ``{"passed": false, "error", "mismatches", "atol", "rtol"}``; ``nm_pattern``: the N:M
+    check of an ``nm`` stage (``NMReport.to_dict()``); ``openvino``: OpenVINO-vs-PyTorch parity of
+    the final model when the profile is timed on OpenVINO (``hwprune.runtime.openvino.validate_openvino``).
+    """
+
+    onnx: str
+    source: str
+    stage: str | None
+    report: dict[str, Any]
     nm_pattern: dict[str, Any] | None = None
-    openvino: dict[str, Any] | None = None  # OpenVINO parity of the final model (profiles timed on OpenVINO)
+    openvino: dict[str, Any] | None = None
+    format: int = EXPORT_RECORD_FORMAT
+
+    @staticmethod
+    def path_for(onnx_path: Any) -> Any:
+        """The record's path for an ONNX file (``X.onnx`` -> ``X.export.json``)."""
+        from pathlib import Path
+
+        p = Path(onnx_path)
+        return p.with_name(p.stem + EXPORT_SUFFIX)
+
+    @property
+    def passed(self) -> bool:
+        """The checker and the parity check passed."""
+        return bool(self.report.get("passed"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -206,7 +278,10 @@ class ExportRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], what: str = "export record") -> ExportRecord:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; another ``format`` is a DataError."""
+        if d.get("format") != EXPORT_RECORD_FORMAT:
+            raise DataError(f"{what}: export record format {d.get('format')!r}, expected {EXPORT_RECORD_FORMAT} "
+                            "(re-export the model)")
         return _build(cls, d, what)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -22,7 +23,7 @@ from hwprune.surgery.remove import SurgeryPlan, remove_zero_groups
 from hwprune.training.artifacts import SurgerySummary
 from hwprune.training.rundir import RunDir
 
-__all__ = ["compact_run_model", "surgery_groups"]
+__all__ = ["compact_run_model", "surgery_groups", "alignment_warnings"]
 
 
 def surgery_groups(model: nn.Module, profile: HardwareProfile, rd: RunDir, *, what: str) -> GroupSet:
@@ -65,3 +66,27 @@ def compact_run_model(model: nn.Module, groupset: GroupSet, rd: RunDir, *,
         after_finetune=after_finetune)
     rd.write_surgery(plan.to_dict(), summary)
     return compact, plan, summary
+
+
+def alignment_warnings(layers: list[dict[str, Any]], widths: list[dict[str, Any]], alignment: int) -> list[str]:
+    """Warnings for granularity fallbacks and kept widths that lost the profile's alignment.
+
+    Args:
+        layers: ``GroupSet.summary()`` rows (``layer``, ``note``; a fallback is noted there).
+        widths: the surgery plan's widths rows (``module``, ``before``, ``after``); may be empty.
+        alignment: the profile's channel block (``HardwareProfile.alignment``; 1: nothing to lose).
+
+    Returns:
+        One sentence per affected layer (empty when every pruned width is a multiple of ``alignment``).
+    """
+    out: list[str] = []
+    notes = {str(r.get("layer")): str(r.get("note") or "") for r in layers}
+    for layer, note in notes.items():
+        if "fallback" in note and alignment > 1:
+            out.append(f"layer {layer}: {note} (its width is not a multiple of the profile's block of {alignment})")
+    for w in widths:
+        before, after = int(w.get("before", 0)), int(w.get("after", 0))
+        if alignment > 1 and after != before and after % alignment:
+            out.append(f"layer {w.get('module')}: kept width {after} (from {before}) is not a multiple of "
+                       f"{alignment}: the profile's alignment is lost there (marked '!' in plots/widths.png)")
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 from hwprune.base.checks import check_sparsity
 from hwprune.base.errors import ConfigError
 
-__all__ = ["TrainJobConfig", "load_config_file", "MAX_VAL_FRACTION"]
+__all__ = ["TrainJobConfig", "load_config_file", "load_config_sections", "MAX_VAL_FRACTION"]
 
 MAX_VAL_FRACTION = 0.5  # a validation split larger than half the training data is a typo, not a protocol
 # Keys of earlier versions that moved: a config file using them gets a message saying where to.
@@ -40,10 +41,14 @@ class TrainJobConfig:
     end of the job. ``compact_finetune``: surgery right after the top-k projection and the fine-tune
     on the compact model (False: fine-tune the masked full-width model; ``hwprune prune`` then does
     the surgery). ``method_options``: the method's own options (``SparseMethod.options_type``).
+    ``model_path``: directories (``os.pathsep``-separated) put on ``sys.path`` before a
+    ``package.module:callable`` model is imported. :meth:`portable` makes the paths absolute, as
+    ``config.yaml`` records them (a run works from any directory).
     """
 
     model: str = "digits_cnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_path: str | None = None
     data: str = "digits"
     data_dir: str | None = None
     image_size: int | None = None
@@ -78,9 +83,11 @@ class TrainJobConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"{name} must be >= 0, got {v}")
-        for name in ("lr", "lam", "weight_decay"):
+        for name in ("lr", "lam", "weight_decay", "dense_lr", "finetune_lr"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if not 0.0 <= self.val_fraction <= MAX_VAL_FRACTION:
             raise ConfigError(f"val_fraction must be in [0, {MAX_VAL_FRACTION}], got {self.val_fraction}")
         for name in ("seed", "data_seed"):
@@ -126,6 +133,23 @@ class TrainJobConfig:
         """Copy with ``changes`` (validated)."""
         return dataclasses.replace(self, **changes)
 
+    def portable(self) -> TrainJobConfig:
+        """Copy with ``data_dir``, ``checkpoint`` and ``model_path`` absolute (``~`` expanded).
+
+        A ``package.module:callable`` model without a ``model_path`` records the working directory
+        (where the CLI imports it from), so later steps run elsewhere still find the module.
+        """
+        def absolute(p: str | None) -> str | None:
+            return None if p is None else str(Path(p).expanduser().absolute())
+
+        model_path = self.model_path
+        if model_path is None and ":" in self.model:
+            model_path = str(Path.cwd())
+        if model_path is not None:
+            model_path = os.pathsep.join(str(absolute(d)) for d in model_path.split(os.pathsep) if d)
+        return self.replace(data_dir=absolute(self.data_dir), checkpoint=absolute(self.checkpoint),
+                            model_path=model_path or None)
+
 
 def _coerce(key: str, value: Any, type_str: Any, source: str) -> Any:
     t = str(type_str)
@@ -156,26 +180,28 @@ def _coerce(key: str, value: Any, type_str: Any, source: str) -> Any:
     return value
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping of job keys (``--config FILE``); a malformed file is a ConfigError naming it.
+def load_config_sections(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(job keys, pipeline keys)`` of a ``--config FILE``; malformed YAML is one line with line and column.
 
-    A run directory's ``config.yaml`` (it has ``run_format``) is accepted too: its ``train``
-    section is returned, so ``hwprune train --config RUN/config.yaml`` repeats that job.
+    A plain file is a mapping of job (and command option) keys: ``({...}, {})``. A run directory's
+    ``config.yaml`` (it has ``run_format``) gives its ``train`` and ``pipeline`` sections, so
+    ``hwprune train --config RUN/config.yaml`` repeats that job.
     """
-    import yaml
+    from hwprune.base.files import read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    data = read_yaml(path, what="config file") or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of option names to values at the top level, "
+                          f"got {type(data).__name__}")
     if "run_format" in data:
-        train = data.get("train")
-        if not isinstance(train, dict):
-            raise ConfigError(f"{path}: a run configuration without a 'train' mapping")
-        return dict(train)
-    return data
+        train, pipeline = data.get("train"), data.get("pipeline") or {}
+        if not isinstance(train, dict) or not isinstance(pipeline, dict):
+            raise ConfigError(f"{path}: a run configuration needs 'train' and 'pipeline' mappings")
+        return dict(train), dict(pipeline)
+    return data, {}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The job keys of a ``--config FILE`` (:func:`load_config_sections`' first part)."""
+    return load_config_sections(path)[0]

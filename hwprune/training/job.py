@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hwprune.base.errors import ConfigError
+from hwprune.base.optional import add_import_path
 from hwprune.data import DatasetBundle
 from hwprune.groups import build_groups
 from hwprune.groups.groupset import GroupSet
@@ -35,14 +36,14 @@ from hwprune.sparsity.methods import MethodConfig, MethodOptions, SparseMethod, 
 from hwprune.sparsity.monitor import GroupCountLogger
 from hwprune.sparsity.proxsgd import scope_report
 from hwprune.training.artifacts import ByStage, GroupCounts, ScopeCount, SplitSizes, TrainMetrics
-from hwprune.training.compact import compact_run_model, surgery_groups
+from hwprune.training.compact import alignment_warnings, compact_run_model, surgery_groups
 from hwprune.training.config import TrainJobConfig
 from hwprune.training.loop import evaluate
 from hwprune.training.phases import EVAL_BATCH, Phase, PhaseContext, PhaseRunner, SparsifySpec, sparsify
 from hwprune.training.runconfig import PipelineOptions, RunConfig
 from hwprune.training.rundir import RunDir, load_job_data
 
-__all__ = ["run_train_job", "resolve_profile", "data_and_model", "load_job_data", "build_job_model",
+__all__ = ["run_train_job", "resolve_profile", "check_job", "data_and_model", "load_job_data", "build_job_model",
            "TrainJobResult"]
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,20 @@ def resolve_profile(name: str) -> HardwareProfile:
     return load_profile(name)
 
 
+def check_job(cfg: TrainJobConfig) -> HardwareProfile:
+    """The job's resolved profile, after checking its method and method options (no data loaded, nothing written).
+
+    Raises:
+        ConfigError: unknown profile, method or method option.
+    """
+    profile = resolve_profile(cfg.profile)
+    get_method(cfg.method).parse_options(cfg.method_options)
+    return profile
+
+
 def build_job_model(cfg: TrainJobConfig, bundle: DatasetBundle) -> nn.Module:
-    """A freshly initialised model for the job (seeded with ``cfg.seed``)."""
+    """A freshly initialised model for the job (seeded with ``cfg.seed``; ``cfg.model_path`` on the import path)."""
+    add_import_path(cfg.model_path)
     torch.manual_seed(cfg.seed)
     return create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                         input_size=bundle.image_size, **cfg.model_kwargs)
@@ -97,18 +110,53 @@ def _context(cfg: TrainJobConfig, bundle: DatasetBundle, rd: RunDir, resume: boo
                         resume=resume)
 
 
-def _dense_phase(cfg: TrainJobConfig, model: nn.Module, runner: PhaseRunner, rd: RunDir, resume: bool) -> None:
-    """Train (or load) the dense model and save it as ``dense.*``."""
-    if cfg.checkpoint:
-        from hwprune.surgery.modelio import load_model
+def _load_start_model(cfg: TrainJobConfig, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The state of ``cfg.checkpoint`` (a saved dense model of the same architecture), or None.
 
-        loaded, meta = load_model(Path(cfg.checkpoint))
-        if meta["model"] != cfg.model or meta.get("plan"):
-            raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected an unpruned '{cfg.model}' model, "
-                              f"got '{meta['model']}'{' (pruned)' if meta.get('plan') else ''}")
-        model.load_state_dict(loaded.state_dict())
-    elif resume and rd.has_model("dense"):
-        model.load_state_dict(rd.load_model("dense")[0].state_dict())
+    Raises:
+        ConfigError: the checkpoint is another model, pruned, or does not fit ``model``.
+        DataError: the files are missing or corrupt (``modelio.load_model``).
+    """
+    if not cfg.checkpoint:
+        return None
+    from hwprune.surgery.modelio import load_model
+
+    loaded, meta = load_model(Path(cfg.checkpoint))
+    if meta["model"] != cfg.model or meta.get("plan"):
+        raise ConfigError(f"--checkpoint {cfg.checkpoint}: expected an unpruned '{cfg.model}' model, "
+                          f"got '{meta['model']}'{' (pruned)' if meta.get('plan') else ''}")
+    state = loaded.state_dict()
+    mine = model.state_dict()
+    bad = [k for k, v in state.items() if k not in mine or mine[k].shape != v.shape]
+    if bad or set(mine) != set(state):
+        raise ConfigError(f"--checkpoint {cfg.checkpoint}: its tensors do not fit this job's '{cfg.model}' "
+                          f"(built for another dataset shape? e.g. {(bad or sorted(set(mine) ^ set(state)))[0]})")
+    return state
+
+
+def _check_resumable(rd: RunDir, cfg: TrainJobConfig, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Before a resumed job writes anything: every phase checkpoint must load; returns the saved dense state.
+
+    Raises:
+        DataError: a checkpoint or the saved dense model is missing parts, truncated or corrupt (one line).
+    """
+    from hwprune.training.checkpoint import load_checkpoint
+
+    for ckpt in sorted(rd.checkpoints_root.glob("*/last.pt")) if rd.checkpoints_root.is_dir() else []:
+        load_checkpoint(ckpt, model=None)
+    if not rd.has_model("dense"):
+        return None
+    state = rd.load_model("dense")[0].state_dict()
+    if set(state) != set(model.state_dict()):
+        raise ConfigError(f"{rd.root}: its dense model is not this job's '{cfg.model}'; start a new run")
+    return state
+
+
+def _dense_phase(cfg: TrainJobConfig, model: nn.Module, runner: PhaseRunner, rd: RunDir,
+                 start: dict[str, torch.Tensor] | None) -> None:
+    """Train (or load ``start``: the ``--checkpoint`` state or a resumed run's dense model); save it as ``dense.*``."""
+    if start is not None:  # --checkpoint, or the dense model of a resumed run
+        model.load_state_dict(start)
     else:
         lr = cfg.dense_lr if cfg.dense_lr is not None else cfg.lr
         runner.run(model, Phase("dense", cfg.dense_epochs_resolved, lr))
@@ -177,21 +225,28 @@ def run_train_job(
         latency_table: passed to ``build_groups`` (``weight_mode="latency"``).
         opts: the later steps' options, recorded in ``config.yaml`` (None: the defaults).
     """
+    # Everything that can be wrong with the job is checked before the run directory is touched.
     profile = profile or resolve_profile(cfg.profile)
     method = get_method(cfg.method)  # fail early on an unknown method or option
     options = method.parse_options(cfg.method_options)
     root = run_dir.root if isinstance(run_dir, RunDir) else Path(run_dir)
-    cfg = cfg.replace(profile=profile.name)
+    cfg = cfg.portable().replace(profile=profile.name)
+    bundle = load_job_data(cfg)
+    model = build_job_model(cfg, bundle)
+    start = _load_start_model(cfg, model)
+    # the profile must group this model (and k_override fit it) before anything is trained or written
+    _budget(build_groups(model, profile, bundle.train[0][0].unsqueeze(0), phase="structured",
+                         latency_table=latency_table), cfg.sparsity, k_override)
+    if resume:
+        start = _check_resumable(RunDir(root), cfg, model) if start is None else start
     rd = RunDir.create(root, RunConfig(train=cfg, profile=profile.name, pipeline=opts or PipelineOptions()),
                        profile, fresh=not resume)
-    bundle = load_job_data(cfg)
     rd.use_data(bundle)
     rd.write_example(bundle.train.tensors[0])
     runner = PhaseRunner(_context(cfg, bundle, rd, resume, progress))
-    model = build_job_model(cfg, bundle)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    _dense_phase(cfg, model, runner, rd, resume)
+    _dense_phase(cfg, model, runner, rd, start)
     seconds["dense"] = time.perf_counter() - t0
     dense = copy.deepcopy(model)  # tested once, at the end, with the final model
     val_dense = runner.val_accuracy(model)
@@ -200,6 +255,8 @@ def run_train_job(
     gs = build_groups(model, profile, rd.example_input(), phase="structured", latency_table=latency_table)
     k = _budget(gs, cfg.sparsity, k_override)
     rd.write_groups(gs)
+    for warning in alignment_warnings(gs.summary(), [], profile.alignment):
+        log.warning("%s", warning)
     seconds["groups"] = time.perf_counter() - t0
     lam = cfg.lam if cfg.lam is not None else method.default_lam
     spec = _sparsify_spec(cfg, method, options, lam, model, gs, k, runner, rd)
@@ -207,7 +264,8 @@ def run_train_job(
     # finetune_batch_loss=...) -- e.g. BatchNorm recalibration, distillation from ``dense``.
     res = sparsify(runner, model, gs, k, spec)
     seconds.update(res.seconds)
-    scopes = [ScopeCount(**s) for s in scope_report(gs, k)]
+    scopes = [ScopeCount(**s, zeroed_by={c: n[i] for c, n in res.zeroed_by.items() if n[i]})
+              for i, s in enumerate(scope_report(gs, k))]
     exact = all(s.nonzero == s.k for s in scopes)
     if not exact:
         log.warning("scopes with nonzero != k (dead groups at the start?): %s",
@@ -224,13 +282,14 @@ def run_train_job(
         scopes=scopes, exact_k=exact,
         groups=GroupCounts(total=gs.num_groups, nonzero=int(gs.nonzero().sum()), k=int(k.sum()),
                            nonzero_before_projection=int(sum(res.nonzero_before_projection)),
-                           zeroed_by_projection=res.zeroed_by_projection),
+                           zeroed_by_projection=res.zeroed_by_projection,
+                           zeroed_by={c: int(sum(n)) for c, n in res.zeroed_by.items() if sum(n)}),
         lam=lam, splits=SplitSizes(**bundle.split_sizes, data_seed=cfg.data_seed, val_fraction=cfg.val_fraction),
         epochs={"dense": cfg.dense_epochs_resolved if not cfg.checkpoint else 0,
                 "sparse": cfg.epochs if method.trains else 0,
                 "finetune": cfg.finetune_epochs_resolved + (0 if method.trains else cfg.epochs)},
         seconds=seconds, method_options=options.to_dict(), method_info=res.info,
-        preprocessing=bundle.preprocessing)
+        preprocessing=bundle.preprocessing, budget="sparsity" if k_override is None else "k_per_scope")
     rd.write_metrics(metrics)
     return TrainJobResult(metrics=metrics, model=res.model, groupset=gs, example_input=rd.example_input(),
                           profile=profile, rundir=rd)

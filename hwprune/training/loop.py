@@ -46,7 +46,7 @@ from hwprune.training.schedule import (
     seed_everything,
 )
 
-__all__ = ["evaluate", "train_one_epoch", "fit"]
+__all__ = ["evaluate", "train_one_epoch", "fit", "format_epoch"]
 
 _LOG = logging.getLogger(__name__)
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -140,6 +140,30 @@ def evaluate(
     sums = ddp.all_reduce_sum(sums.to(dev)).cpu()
     count = max(sums[2].item(), 1.0)
     return {"loss": sums[0].item() / count, "accuracy": sums[1].item() / count}
+
+
+def format_epoch(record: Mapping[str, Any], epochs: int) -> str:
+    """The console line of one epoch record: phase, epoch (1-based) / epochs, loss, accuracies, groups, seconds.
+
+    ``groups N/K`` is the record's ``nonzero_groups`` and, in a sparse phase, ``k_groups`` (the budget).
+    """
+    def num(key: str) -> float | None:
+        v = record.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    parts = [f"{record.get('phase', 'train'):<11} epoch {int(record.get('epoch', 0)) + 1:>3}/{epochs:<3}"]
+    for key, label in (("train_loss", "loss"), ("train_acc", "acc"), ("val_loss", "val_loss"), ("val_acc", "val_acc"),
+                       ("eval_acc", "eval_acc")):
+        v = num(key)
+        if v is not None:
+            parts.append(f"{label} {v:.4f}")
+    if record.get("nonzero_groups") is not None:
+        k = record.get("k_groups")
+        parts.append(f"nonzero groups {record['nonzero_groups']}" + (f" / k {k}" if k is not None else ""))
+    secs = num("seconds")
+    if secs is not None:
+        parts.append(f"{secs:.1f} s")
+    return "  ".join(parts)
 
 
 def _check_finite(total: Tensor, phase: str, epoch: int, step: int) -> None:
@@ -359,6 +383,7 @@ def fit(
             record.update(hook(epoch, dict(record)) or {})
         record = to_plain(record)
         st.history.records.append(record)
-        _LOG.info("%s epoch %d/%d: %s", phase, epoch, cfg.epochs - 1, record)
+        if st.main:
+            _LOG.info("%s", format_epoch(record, cfg.epochs))
         _save_epoch(st, record, epoch, cfg, phase)
     return st.history

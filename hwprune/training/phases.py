@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from hwprune.groups.groupset import GroupSet
-from hwprune.sparsity.monitor import GroupCountLogger
+from hwprune.sparsity.monitor import GroupCountLogger, ZeroCauseTracker
 from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD, project_to_k_
 from hwprune.training.loop import BatchLoss, evaluate, fit
 from hwprune.training.schedule import TrainConfig, TrainHistory
@@ -179,13 +179,20 @@ class SparsifySpec:
 
 @dataclass
 class SparsifyResult:
-    """What :func:`sparsify` did: the final model and the numbers the job reports."""
+    """What :func:`sparsify` did: the final model and the numbers the job reports.
+
+    ``zeroed_by``: cause -> (S,) groups of each scope that are zero at the end for that cause:
+    ``dead`` (zero before the sparse phase), ``prox`` / ``halfspace`` (the sparse phase's steps,
+    ``hwprune.sparsity.monitor.ZeroCauseTracker``), ``untracked`` (zeroed before a resume),
+    ``finalize`` (the method's finalize, e.g. a one-shot top-k), ``projection`` (the final top-k).
+    """
 
     model: nn.Module
     groupset: GroupSet
     info: dict[str, Any]
     nonzero_before_projection: list[int]
     zeroed_by_projection: int
+    zeroed_by: dict[str, list[int]]
     val_sparse: float | None
     val_projected: float | None
     val_final: float | None
@@ -222,12 +229,17 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    tracker = ZeroCauseTracker(groupset, spec.sparse.optimizer if spec.sparse else None, k=k,
+                               start_now=not runner.ctx.resume)
     if spec.sparse is not None:
-        runner.run(model, spec.sparse)
+        runner.run(model, replace(spec.sparse, callbacks=(*spec.sparse.callbacks, tracker)))
+    after_phase, phase_zeros = groupset.nonzero_per_scope(), tracker.per_scope()
     info = spec.finalize() if spec.finalize is not None else {}
     val_sparse = runner.val_accuracy(model)
-    before = groupset.nonzero_per_scope().tolist()
+    before = groupset.nonzero_per_scope()
     zeroed = int(project_to_k_(groupset, k).sum())
+    zeroed_by = {**phase_zeros, "finalize": (after_phase - before).clamp_min(0).tolist(),
+                 "projection": (before - groupset.nonzero_per_scope()).tolist()}
     for hook in spec.hooks.after_projection:
         hook(model, runner)
     val_projected = runner.val_accuracy(model)
@@ -248,6 +260,7 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
         runner.run(ft_model, replace(ft, optimizer=opt, batch_loss=spec.finetune_batch_loss or ft.batch_loss,
                                      callbacks=(*ft.callbacks, GroupCountLogger(ft_groups))))
     seconds["finetune"] = time.perf_counter() - t0
-    return SparsifyResult(model=ft_model, groupset=ft_groups, info=info, nonzero_before_projection=before,
-                          zeroed_by_projection=zeroed, val_sparse=val_sparse, val_projected=val_projected,
-                          val_final=runner.val_accuracy(ft_model), surgery=record, seconds=seconds)
+    return SparsifyResult(model=ft_model, groupset=ft_groups, info=info, nonzero_before_projection=before.tolist(),
+                          zeroed_by_projection=zeroed, zeroed_by=zeroed_by, val_sparse=val_sparse,
+                          val_projected=val_projected, val_final=runner.val_accuracy(ft_model), surgery=record,
+                          seconds=seconds)

@@ -10,7 +10,7 @@ run only through a ``RunDir``; artifact names exist only here. Layout (run forma
     groups.json           GroupSet.to_json() of the trained model (checked before a later surgery)
     metrics.json          TrainMetrics          prune_summary.json   SurgerySummary
     surgery_plan.json     SurgeryPlan dict      nm_summary.json      NMSummary
-    export_report.json    ExportRecord          bench.json           BenchRecord
+    dense.export.json, model.export.json   ExportRecord of dense.onnx / model.onnx    bench.json  BenchRecord
     <stage>.json + .safetensors   a model (hwprune.surgery.modelio); stages, most processed first:
         nm (N:M-masked compact), pruned (compact), sparse (masked, exact-k zeros), dense
     dense.onnx  model.onnx  report.json  report.md  plots/*.png  checkpoints/<phase>/last.pt
@@ -29,8 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwprune.base.errors import DataError
-from hwprune.base.files import atomic_path, atomic_write_json, atomic_write_text, read_json
+from hwprune.base.errors import ConfigError, DataError
+from hwprune.base.files import atomic_path, atomic_write_json, atomic_write_text, read_json, read_safetensors, read_yaml
+from hwprune.base.optional import add_import_path
+from hwprune.base.outpath import check_out_dir
 from hwprune.data import DatasetBundle, load_dataset
 from hwprune.groups.groupset import GroupSet
 from hwprune.profiles import HardwareProfile, load_profile, profile_to_dict
@@ -46,11 +48,12 @@ EXAMPLE_N = 8  # images in example_input.safetensors (the equivalence checks' re
 STAGES: tuple[str, ...] = ("nm", "pruned", "sparse", "dense")  # saved model stages, most processed first
 _CONFIG, _PROFILE, _EXAMPLE, _LOG = "config.yaml", "profile.yaml", "example_input.safetensors", "train_log.jsonl"
 _GROUPS, _METRICS, _PLAN, _SURGERY = "groups.json", "metrics.json", "surgery_plan.json", "prune_summary.json"
-_NM, _EXPORT, _BENCH, _BUDGET = "nm_summary.json", "export_report.json", "bench.json", "latency_budget.json"
+_NM, _BENCH, _BUDGET = "nm_summary.json", "bench.json", "latency_budget.json"
 _REPORT_JSON, _REPORT_MD, _PLOTS, _CHECKPOINTS = "report.json", "report.md", "plots", "checkpoints"
 _ONNX = {"dense": "dense.onnx", "final": "model.onnx"}
+_EXPORTS = tuple(ExportRecord.path_for(n).name for n in _ONNX.values())
 # Outputs of the steps after the dense phase: a fresh (not resumed) train job removes them first.
-_DOWNSTREAM = (_LOG, _GROUPS, _METRICS, _PLAN, _SURGERY, _NM, _EXPORT, _BENCH, _REPORT_JSON, _REPORT_MD,
+_DOWNSTREAM = (_LOG, _GROUPS, _METRICS, _PLAN, _SURGERY, _NM, *_EXPORTS, _BENCH, _REPORT_JSON, _REPORT_MD,
                *_ONNX.values())
 
 
@@ -74,9 +77,6 @@ class RunDir:
         self._data: DatasetBundle | None = None
         self._example: torch.Tensor | None = None
 
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.root)!r})"
-
     # ------------------------------------------------------------------ opening
     @classmethod
     def create(cls, root: Path | str, config: RunConfig, profile: HardwareProfile, *, fresh: bool) -> RunDir:
@@ -96,6 +96,24 @@ class RunDir:
         rd.write_config(config)
         return rd
 
+    @staticmethod
+    def check_target(root: Path | str, *, resume: bool = False, force: bool = False, option: str = "--out") -> None:
+        """Refuse, before any work, to start a run over a finished or interrupted one, or a foreign directory.
+
+        ``root`` must be creatable and writable (``check_out_dir``); ``resume`` continues the recorded
+        run, ``force`` starts over. Raises ConfigError naming the option that would allow it.
+        """
+        root = check_out_dir(root, option=option)
+        if resume or force or not root.is_dir():
+            return
+        finished = (root / _METRICS).exists() or (root / _REPORT_JSON).exists()
+        what = ("holds a finished run; pass --force to overwrite it, --resume to repeat its remaining steps, or "
+                "choose another directory") if finished else ("holds an interrupted run; pass --resume to continue "
+                "it or --force to start over") if (root / _CONFIG).exists() else \
+            "exists and is not empty (not an hwprune run); choose a new directory or pass --force"
+        if finished or any(root.iterdir()):
+            raise ConfigError(f"{option} {root}: {what}")
+
     @classmethod
     def open(cls, root: Path | str) -> RunDir:
         """An existing run directory; reads and checks ``config.yaml`` (run format) now.
@@ -114,18 +132,15 @@ class RunDir:
     def config(self) -> RunConfig:
         """The run's resolved configuration (``config.yaml``; read once)."""
         if self._config is None:
-            import yaml
-
             path = self.root / _CONFIG
-            if not path.is_file():
+            if not path.exists():
                 raise DataError(f"{path}: missing (a run directory written by 'hwprune train' or 'hwprune run')")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise DataError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+            data = read_yaml(path, what="run configuration", error=DataError,
+                             hint="a run directory written by 'hwprune train' or 'hwprune run'") or {}
             if not isinstance(data, dict):
                 raise DataError(f"{path}: expected a mapping, got {type(data).__name__}")
             self._config = RunConfig.from_mapping(data, source=str(path))
+            add_import_path(self._config.train.model_path)  # a package.module:callable model imports from there
         return self._config
 
     @property
@@ -176,15 +191,18 @@ class RunDir:
             with atomic_path(self.root / _EXAMPLE, suffix=".safetensors.tmp") as tmp:
                 save_file({"x": self._example}, str(tmp))
 
+    def has_example(self) -> bool:
+        """True when ``example_input.safetensors`` exists (as anything: the reader judges it)."""
+        return (self.root / _EXAMPLE).exists()
+
     def example_batch(self) -> torch.Tensor:
         """The stored example images, ``(N, C, H, W)`` float32 (N <= EXAMPLE_N)."""
         if self._example is None:
-            from safetensors.torch import load_file
-
             path = self.root / _EXAMPLE
-            if not path.is_file():
-                raise DataError(f"{path}: missing (written by the train job)")
-            self._example = load_file(str(path))["x"]
+            tensors = read_safetensors(path, what="example input", hint="re-run 'hwprune train' into this directory")
+            if not isinstance(tensors.get("x"), torch.Tensor) or tensors["x"].ndim != 4:
+                raise DataError(f"{path}: expected an (N, C, H, W) tensor 'x'; re-run 'hwprune train'")
+            self._example = tensors["x"]
         return self._example
 
     def example_input(self) -> torch.Tensor:
@@ -198,7 +216,7 @@ class RunDir:
 
     def has_model(self, stage: str) -> bool:
         """True if ``<stage>.json`` exists."""
-        return self.model_stem(stage).with_suffix(".json").is_file()
+        return self.model_stem(stage).with_suffix(".json").exists()
 
     def save_model(self, model: nn.Module, stage: str, *, plan: dict[str, Any] | None = None,
                    extra: dict[str, Any] | None = None) -> None:
@@ -260,6 +278,10 @@ class RunDir:
         """``metrics.json``."""
         self._write_json(_METRICS, metrics.to_dict())
 
+    def has_metrics(self) -> bool:
+        """True when ``metrics.json`` exists (as anything: a directory there is the reader's error)."""
+        return (self.root / _METRICS).exists()
+
     def metrics(self) -> TrainMetrics:
         """``metrics.json`` (required)."""
         return TrainMetrics.from_dict(self._read(_METRICS, "train metrics", "run 'hwprune train' first"),
@@ -268,6 +290,10 @@ class RunDir:
     def write_groups(self, groupset: GroupSet) -> None:
         """``groups.json``: the GroupSet description of the trained model."""
         self._write_json(_GROUPS, groupset.to_json())
+
+    def has_groups(self) -> bool:
+        """True when ``groups.json`` exists."""
+        return (self.root / _GROUPS).exists()
 
     def groups_description(self) -> dict[str, Any]:
         """``groups.json`` (required)."""
@@ -296,11 +322,11 @@ class RunDir:
 
     def has_surgery_plan(self) -> bool:
         """True when ``surgery_plan.json`` exists."""
-        return (self.root / _PLAN).is_file()
+        return (self.root / _PLAN).exists()
 
     def has_surgery(self) -> bool:
         """True when surgery ran (plan, summary and the compact model exist)."""
-        return all((self.root / n).is_file() for n in (_PLAN, _SURGERY)) and self.has_model("pruned")
+        return all((self.root / n).exists() for n in (_PLAN, _SURGERY)) and self.has_model("pruned")
 
     def surgery(self) -> SurgerySummary:
         """``prune_summary.json`` (required)."""
@@ -319,16 +345,24 @@ class RunDir:
     def nm(self) -> NMSummary | None:
         """``nm_summary.json``, or None when the run has no N:M phase."""
         path = self.root / _NM
-        return NMSummary.from_dict(self._read(_NM, "N:M summary"), what=str(path)) if path.is_file() else None
+        return NMSummary.from_dict(self._read(_NM, "N:M summary"), what=str(path)) if path.exists() else None
 
-    def write_export(self, record: ExportRecord) -> None:
-        """``export_report.json``."""
-        self._write_json(_EXPORT, record.to_dict())
+    def onnx_path_of(self, stage: str) -> Path:
+        """Where a stage is exported: ``dense.onnx``, ``model.onnx`` (the final stage), else ``<stage>.onnx``."""
+        if stage == "dense":
+            return self.onnx_path("dense")
+        return self.onnx_path("final") if stage == self.final_stage() else self.root / f"{stage}.onnx"
 
-    def export(self) -> ExportRecord:
-        """``export_report.json`` (required)."""
-        return ExportRecord.from_dict(self._read(_EXPORT, "export report", "run 'hwprune export RUN_DIR' first"),
-                                      what=str(self.root / _EXPORT))
+    def write_export(self, onnx_path: Path, record: ExportRecord) -> None:
+        """The export record of ``onnx_path`` (``<name>.export.json`` beside it)."""
+        if is_main_process():
+            atomic_write_json(ExportRecord.path_for(onnx_path), record.to_dict())
+
+    def export(self, which: str = "final") -> ExportRecord:
+        """The export record of ``model.onnx`` (``which="final"``) or ``dense.onnx`` (``"dense"``); required."""
+        path = ExportRecord.path_for(self.onnx_path(which))
+        d = read_json(path, what="export record", hint=f"run 'hwprune export {self.root}' first")
+        return ExportRecord.from_dict(d, what=str(path))
 
     def write_bench(self, record: BenchRecord) -> None:
         """``bench.json``."""
@@ -337,15 +371,15 @@ class RunDir:
     def bench(self) -> BenchRecord | None:
         """``bench.json``, or None before the timing step."""
         path = self.root / _BENCH
-        return BenchRecord.from_dict(self._read(_BENCH, "timing result"), what=str(path)) if path.is_file() else None
+        return BenchRecord.from_dict(self._read(_BENCH, "timing result"), what=str(path)) if path.exists() else None
 
     def latency_budget(self) -> dict[str, Any] | None:
         """``latency_budget.json`` (``hwprune.pipeline.budget``), or None."""
-        return self._read(_BUDGET, "latency budget") if (self.root / _BUDGET).is_file() else None
+        return self._read(_BUDGET, "latency budget") if (self.root / _BUDGET).exists() else None
 
     def report(self) -> dict[str, Any] | None:
         """``report.json``, or None before the report step."""
-        return self._read(_REPORT_JSON, "report") if (self.root / _REPORT_JSON).is_file() else None
+        return self._read(_REPORT_JSON, "report") if (self.root / _REPORT_JSON).exists() else None
 
     # ------------------------------------------------------------------ helpers
     def _read(self, name: str, what: str, hint: str = "") -> Any:
