@@ -129,9 +129,15 @@ class PhaseRunner:
             return None
         return evaluate(model, self.ctx.val_data, batch_size=EVAL_BATCH)["accuracy"]
 
-    def train_batches(self, n: int | None = None, batch_size: int | None = None) -> Iterator[Tensor]:
-        """Up to ``n`` batches of training images in a fixed order (e.g. to recalibrate BatchNorm statistics)."""
-        loader = DataLoader(self.ctx.train_data, batch_size=batch_size or self.ctx.batch_size, shuffle=False)
+    def train_batches(self, n: int | None = None, batch_size: int | None = None,
+                      seed: int | None = None) -> Iterator[Tensor]:
+        """Up to ``n`` batches of training images (e.g. to recalibrate BatchNorm statistics).
+
+        In dataset order, or shuffled by ``seed`` (a fixed random sample for that seed).
+        """
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        loader = DataLoader(self.ctx.train_data, batch_size=batch_size or self.ctx.batch_size,
+                            shuffle=seed is not None, generator=gen)
         for i, (x, _) in enumerate(loader):
             if n is not None and i >= n:
                 return
