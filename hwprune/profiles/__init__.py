@@ -20,9 +20,11 @@ from hwprune.profiles.schema import ChannelGranularity as ChannelGranularity
 from hwprune.profiles.schema import DeviceSpec as DeviceSpec
 from hwprune.profiles.schema import Granularity as Granularity
 from hwprune.profiles.schema import HardwareProfile as HardwareProfile
+from hwprune.profiles.schema import HeadGranularity as HeadGranularity
 from hwprune.profiles.schema import KernelShapeGranularity as KernelShapeGranularity
 from hwprune.profiles.schema import LayerGranularity as LayerGranularity
 from hwprune.profiles.schema import LayerRule as LayerRule
+from hwprune.profiles.schema import MLPBlockGranularity as MLPBlockGranularity
 from hwprune.profiles.schema import NMGranularity as NMGranularity
 from hwprune.profiles.schema import NoGranularity as NoGranularity
 from hwprune.profiles.schema import UnstructuredGranularity as UnstructuredGranularity
@@ -32,7 +34,8 @@ from hwprune.profiles.schema import unmatched_rules as unmatched_rules
 
 __all__ = [
     "SCHEMA_VERSION", "PHASES", "UnstructuredGranularity", "ChannelGranularity", "ChannelBlockGranularity",
-    "KernelShapeGranularity", "LayerGranularity", "NMGranularity", "NoGranularity", "Granularity",
+    "KernelShapeGranularity", "LayerGranularity", "NMGranularity", "NoGranularity", "HeadGranularity",
+    "MLPBlockGranularity", "Granularity",
     "GRANULARITY_TYPES", "LayerRule", "DeviceSpec", "BenchSpec", "HardwareProfile", "match_rule", "rule_matches",
     "unmatched_rules", "granularity_to_dict", "profile_from_dict", "profile_to_dict", "profile_to_yaml",
     "load_profile", "list_profiles", "bundled_profiles_dir",

@@ -73,7 +73,8 @@ def _granularity(ctx: _Ctx, value: Any, path: str) -> Granularity:
     cls = GRANULARITY_TYPES[kind]
     params = tuple(f.name for f in fields(cls))
     ctx.keys(d, path, ("kind", *params), required=params)
-    return ctx.build(cls, path, **{p: d[p] for p in params})
+    gran: Granularity = ctx.build(cls, path, **{p: d[p] for p in params})
+    return gran
 
 
 def _compute_capability(value: Any) -> Any:
@@ -123,11 +124,12 @@ def parse_profile(data: Any, source: str = "<dict>") -> HardwareProfile:
     if bench is not None:
         ctx.keys(ctx.mapping(bench, "bench"), "bench", _BENCH_KEYS)
     optional = {k: d[k] for k in ("weight_mode", "scope") if k in d}
-    return ctx.build(
+    profile: HardwareProfile = ctx.build(
         HardwareProfile, "", name=d["name"], schema_version=d["schema_version"],
         description=d.get("description") or "", device=ctx.build(DeviceSpec, "device", **dev),
         rules=tuple(rules), bench=ctx.build(BenchSpec, "bench", **dict(bench or {})),
         notes=d.get("notes") or "", source=source, **optional)
+    return profile
 
 
 def profile_from_dict(d: Mapping[str, Any], source: str = "<dict>") -> HardwareProfile:
