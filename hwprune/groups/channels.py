@@ -136,11 +136,11 @@ def _dense_reason(ctx: _Ctx, cs: CoupledSet) -> str | None:
         return "coupled to the model output"
     if any(m.name in ctx.claims.modules for m in cs.producers):
         return "touches a layer-grouped residual branch"
-    heads = [m.name for m in cs.producers if any(p in ctx.claims.params for p in _param_names(m))]
-    if heads:
-        return "parameters belong to head groups: " + ", ".join(heads)
     if cs.blockers:
         return cs.blockers[0] + (f" (+{len(cs.blockers) - 1} more)" if len(cs.blockers) > 1 else "")
+    heads = [m.name for m in cs.producers if any(p in ctx.claims.params for p in _param_names(m))]
+    if heads:
+        return "parameters belong to head groups: " + ", ".join(heads[:3]) + (" ..." if len(heads) > 3 else "")
     mixed = {m.name: r.granularity.kind for m in cs.producers if m.is_layer
              and (r := rules.get(m.name)) is not None and isinstance(r.granularity, _MASK_KINDS)}
     if mixed:

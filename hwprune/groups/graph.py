@@ -160,6 +160,7 @@ _FUNCTIONAL = ("Addmm", "Mm", "Bmm", "Baddbmm", "Addbmm", "Mv", "Matmul", "Convo
 _ALONG_AXIS = ("Mean", "Sum", "Amax", "Amin", "Max", "Min", "Std", "Var", "Norm", "Logsumexp", "Prod", "Index",
                "Gather", "Select", "Take", "Cumsum", "Cumprod", "Median")
 _SOFTMAX = ("Softmax", "LogSoftmax")
+_LAYER_TYPES = (ops.OPTYPE.LINEAR, ops.OPTYPE.CONV, ops.OPTYPE.DEPTHWISE_CONV)
 
 
 def _elementwise_verdict(dg: Any, node: Any) -> str | None:
@@ -168,6 +169,8 @@ def _elementwise_verdict(dg: Any, node: Any) -> str | None:
     op = fn.name() if fn is not None and hasattr(fn, "name") else ""
     stem = op.split("Backward")[0]
     if stem.startswith(_FUNCTIONAL):
+        if node.outputs and all(o.type in _LAYER_TYPES for o in node.outputs):
+            return None  # the matmul inside a traced Linear/conv (3-d input): that module prunes it
         return f"functional {stem} mixes channels (its weights are not a module torch-pruning can slice)"
     if not stem.startswith(_ALONG_AXIS + _SOFTMAX):
         return None
