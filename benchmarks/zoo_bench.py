@@ -47,7 +47,13 @@ import torch
 from hwprune.base.errors import HwpruneError, NumericalMismatchError
 from hwprune.groups import GroupSet, build_groups
 from hwprune.models import count_params_and_macs
-from hwprune.models.torchvision_zoo import build, classification_models, input_size_for, randomise_
+from hwprune.models.torchvision_zoo import (
+    build,
+    classification_models,
+    import_torchvision,
+    input_size_for,
+    randomise_,
+)
 from hwprune.profiles import load_profile
 from hwprune.runtime.export import export_and_validate
 from hwprune.surgery.remove import remove_zero_groups
@@ -227,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _param_counts(names: list[str]) -> dict[str, int]:
-    """Parameters of each model (built on the meta device: no memory)."""
+    """Parameters of each model at 1000 classes, from torchvision's weight metadata (nothing downloaded or built)."""
+    tv = import_torchvision()
     out = {}
     for n in names:
-        with torch.device("meta"):
-            out[n] = sum(p.numel() for p in build(n).parameters())
+        try:
+            out[n] = int(tv.models.get_model_weights(n).DEFAULT.meta["num_params"])
+        except (ValueError, KeyError, AttributeError):  # no published weights: count on the meta device
+            with torch.device("meta"):
+                out[n] = sum(p.numel() for p in build(n).parameters())
     return out
 
 
