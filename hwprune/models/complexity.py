@@ -25,7 +25,7 @@ _aten = torch.ops.aten
 
 
 def _sdpa_flops(q: Any, k: Any, v: Any, *_args: Any, out_shape: Any = None, **_kwargs: Any) -> int:
-    return int(sdpa_flop_count(q, k, v))
+    return int(sdpa_flop_count(q, k, v))  # type: ignore[no-untyped-call]
 
 
 _EXTRA = {op: _sdpa_flops for op in (getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu", None),)

@@ -50,7 +50,7 @@ class CNBlock(nn.Module):
         """(N, C, H, W) -> (N, C, H, W)."""
         y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
         y = self.mlp(y).permute(0, 3, 1, 2)
-        return x + self.gamma * y
+        return cast(Tensor, x + self.gamma * y)
 
 
 class ConvNeXt(nn.Module):

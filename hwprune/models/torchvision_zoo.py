@@ -51,9 +51,9 @@ def import_torchvision() -> ModuleType:
         try:
             torch.ops.torchvision.nms  # noqa: B018 - a working build registers it
         except (AttributeError, RuntimeError):
-            lib = torch.library.Library("torchvision", "DEF")
-            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            lib = torch.library.Library("torchvision", "DEF")  # type: ignore[no-untyped-call]
+            lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
+            lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
             _SHIM.append(lib)
     try:
         return importlib.import_module("torchvision")
