@@ -232,3 +232,9 @@ def test_torch_pruning_failure_while_grouping_keeps_that_set_dense(monkeypatch: 
     gs = build_groups(model, load_profile("generic-channel"), x)
     assert any(d["layer"] == "last.0" and "IndexError" in d["reason"] for d in gs.dense)
     assert gs.num_groups > 0
+
+
+def test_plan_with_unknown_step_is_refused() -> None:
+    model, x = PATTERNS["qkv"]()
+    with pytest.raises(ConfigError, match="unknown steps \\['prune_rows'\\]"):
+        apply_plan(model, {"version": 1, "steps": [{"op": "prune_rows", "module": "attn"}]}, x)

@@ -55,6 +55,7 @@ PLAN_VERSION = 1
 CHANNEL_KINDS = ("channel", "channel_block")  # GroupInfo.kind of removable channel groups
 HEAD_KIND = "head"
 LAYER_KIND = "layer"
+_STEP_OPS = ("drop_branch", "prune_out", "prune_heads")  # replayed in this order
 
 
 class SurgeryEquivalenceError(NumericalMismatchError):
@@ -334,6 +335,9 @@ def apply_plan(fresh_model: nn.Module, plan: SurgeryPlan | dict[str, Any], examp
     if plan.shapes_before and got != plan.shapes_before:
         diff = [n for n in set(got) | set(plan.shapes_before) if got.get(n) != plan.shapes_before.get(n)]
         raise ConfigError(f"surgery plan does not match this model: parameter shapes differ for {sorted(diff)[:5]}")
+    unknown = sorted({str(s.get("op")) for s in plan.steps} - set(_STEP_OPS))
+    if unknown:
+        raise ConfigError(f"surgery plan has unknown steps {unknown}; valid: {', '.join(_STEP_OPS)}")
     for step in plan.steps:
         if step["op"] == "drop_branch":
             _drop_branch(fresh_model, step["module"])
