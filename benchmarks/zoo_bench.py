@@ -6,7 +6,8 @@ worker process per model (time and memory limits, so one model cannot take the r
 
 1. build it with random weights (``hwprune.models.torchvision_zoo.build``), 10 classes, input
    ``--size`` (64; raised where the architecture needs it, see ``input_size_for``), then
-   ``randomise_`` it so no channel is trivially zero (zero heads, 1e-6 layer scales);
+   ``randomise_`` it so no channel is trivially zero (zero heads, 1e-6 layer scales) and BatchNorm
+   statistics are calibrated on random batches (unit-scale activations);
 2. for each profile (default ``generic-channel`` and ``x86-avx2-ort``): ``build_groups``, zero
    ``round(--fraction * m_s)`` random removable groups of every scope (default 30 %),
    ``remove_zero_groups`` (its equivalence check: compact vs masked within ATOL/RTOL), check the
@@ -129,8 +130,8 @@ def row_dense_params(model: torch.nn.Module) -> int:
 def worker(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """All profiles of one model (runs in its own process)."""
     size = input_size_for(name, args.size)
-    dense = randomise_(build(name, input_size=size, seed=args.seed), seed=args.seed)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
+    dense = randomise_(build(name, input_size=size, seed=args.seed), seed=args.seed, example_input=x)
     params, macs = count_params_and_macs(dense, x)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

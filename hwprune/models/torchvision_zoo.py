@@ -103,12 +103,16 @@ def build(name: str, *, num_classes: int = 10, input_size: int | None = None, se
 
 
 @torch.no_grad()
-def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomise_(model: nn.Module, seed: int = 0, example_input: torch.Tensor | None = None) -> nn.Module:
     """Perturb parameters and norm statistics in place so that no channel is trivially zero.
 
     Every parameter gets seeded noise of 20 % of its own scale (at least 0.05): zero heads, layer
-    scales of 1e-6 and unit norm weights all become ordinary values; BatchNorm running means get
-    ``0.1 * N(0, 1)`` and variances ``0.5 + U(0, 1)``. Returns ``model``.
+    scales of 1e-6 and unit norm weights all become ordinary values. BatchNorm running statistics
+    are then calibrated on 4 seeded random batches shaped like ``example_input`` (cumulative
+    average in train mode), so activations stay of unit scale through deep nets (random
+    statistics let Inception's logits reach 1e7, where float32 rounding alone exceeds any
+    relative tolerance); without ``example_input`` they are drawn at random (mean
+    ``0.1 * N(0, 1)``, variance ``0.5 + U(0, 1)``). Returns ``model`` in eval mode.
     """
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
@@ -118,9 +122,21 @@ def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
         p.add_(0.2 * scale * torch.randn(p.shape, generator=gen).to(p.dtype))
         if p.dim() == 1 and float(p.abs().max()) < 1e-3:
             p.add_(0.05)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None \
-                and m.running_var is not None:
-            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
-            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-    return model
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.running_mean is not None and m.running_var is not None]
+    if example_input is None:
+        for m in norms:
+            m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))  # type: ignore[union-attr]
+            m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))  # type: ignore[union-attr]
+        return model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the calibration batches
+    model.train()
+    shape = (max(int(example_input.shape[0]), 4), *example_input.shape[1:])
+    for _ in range(4):
+        model(torch.randn(shape, generator=gen, dtype=example_input.dtype))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
