@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
-	$(PY) -m pip install -q -c constraints.txt --no-build-isolation --no-deps -e ".[onnx,dev]"
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation --no-deps -e ".[onnx,openvino,dev]"
 	$(PY) -c "import torch; assert torch.version.cuda is None, 'CUDA torch pulled in: ' + torch.__version__"
 	! $(PY) -m pip list 2>/dev/null | grep -i -E '^(nvidia|triton)'
 	touch $(STAMP)
@@ -34,7 +34,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not trt"
 
 demo: $(STAMP)
-	$(VENV)/bin/hwprune run
+	$(VENV)/bin/hwprune run --force  # replaces the previous demo run in runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

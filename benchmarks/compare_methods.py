@@ -4,8 +4,9 @@ For each model (LeNet-5, VGG-style net) and channel-group sparsity (``--profile`
 ``generic-channel``), every method in ``--methods`` (wgsef, ssr-l21, ssr-l20, group-lasso, magnitude)
 starts from the SAME dense model (trained once per model by the first job, then shared through
 ``TrainJobConfig(checkpoint=RUN/dense)``) and gets the same total epochs: ``--epochs`` sparse +
-``--finetune-epochs`` masked fine-tune (magnitude, a one-shot method, gets all of them as fine-tune;
-the train job does that). Each run then goes through ``step_prune`` (surgery; params/MACs per sample),
+``--finetune-epochs`` fine-tune of the compact model (magnitude, a one-shot method, gets all of them as
+fine-tune; the train job does that). Each run then goes through ``step_prune`` (the train job's
+surgery summary; params/MACs per sample),
 ``step_export`` (ONNX, parity-checked) and ``step_bench`` (ONNX Runtime CPU fp32, dense and pruned
 interleaved in a fresh worker, batch sizes ``--batches``). ``reached`` = nonzero groups when the
 method's own sparse phase ended, before the runner's top-k projection (for SSR: rows its last
@@ -36,6 +37,7 @@ from hwprune.base.files import atomic_path
 from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune
 from hwprune.profiles import load_profile
 from hwprune.sparsity.methods import get_method
+from hwprune.training.artifacts import TrainMetrics
 from hwprune.training.config import TrainJobConfig
 from hwprune.training.job import run_train_job
 
@@ -58,11 +60,11 @@ def _model_kwargs(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"width": args.vgg_width, "depth": args.vgg_depth} if model == "vgg" else {}
 
 
-def _reached(m: dict[str, Any]) -> int:
-    info, g = m.get("method_info") or {}, m["groups"]
+def _reached(m: TrainMetrics) -> int:
+    info, g = m.method_info, m.groups
     if "f_zero_rows" in info:  # SSR: its finalize already kept top-k; report what its F-step reached
-        return g["total"] - int(sum(info["f_zero_rows"]))
-    return int(g["nonzero_before_projection"])
+        return g.total - int(sum(info["f_zero_rows"]))
+    return int(g.nonzero_before_projection)
 
 
 def run_one(model: str, s: float, method: str, dense_stem: Path | None, args: argparse.Namespace,
@@ -82,19 +84,20 @@ def run_one(model: str, s: float, method: str, dense_stem: Path | None, args: ar
     step_export(run_dir)
     bench = step_bench(run_dir, opts)
     wall = time.perf_counter() - t0
+    test, val = m.test_accuracy, m.val_accuracy
     row: dict[str, Any] = {
-        "model": model, "sparsity": s, "method": method, "lam": m["lam"] if get_method(method).trains else "n/a",
-        "acc_dense": round(100 * m["accuracy"]["dense"], 2), "acc": round(100 * m["accuracy"]["sparse"], 2),
-        "acc_before_finetune": round(100 * m["accuracy"]["sparse_before_finetune"], 2),
-        "drop_pt": round(100 * (m["accuracy"]["dense"] - m["accuracy"]["sparse"]), 2),
-        "params": ps["params"]["pruned"], "params_dense": ps["params"]["sparse"],
-        "macs": ps["macs"]["pruned"], "macs_dense": ps["macs"]["sparse"],
-        "k": m["groups"]["k"], "groups_total": m["groups"]["total"], "reached": _reached(m),
-        "exact_k": m["exact_k"], "epochs_sparse": m["epochs"]["sparse"], "epochs_finetune": m["epochs"]["finetune"],
-        "s_sparse": round(m["seconds"]["sparse"], 2), "s_finetune": round(m["seconds"]["finetune"], 2),
+        "model": model, "sparsity": s, "method": method, "lam": m.lam if get_method(method).trains else "n/a",
+        "acc_dense": round(100 * (test.dense or 0.0), 2), "acc": round(100 * (test.final or 0.0), 2),
+        "val_before_finetune": round(100 * val.projected, 2) if val.projected is not None else None,
+        "drop_pt": round(100 * ((test.dense or 0.0) - (test.final or 0.0)), 2),
+        "params": ps.params["pruned"], "params_dense": ps.params["sparse"],
+        "macs": ps.macs["pruned"], "macs_dense": ps.macs["sparse"],
+        "k": m.groups.k, "groups_total": m.groups.total, "reached": _reached(m),
+        "exact_k": m.exact_k, "epochs_sparse": m.epochs["sparse"], "epochs_finetune": m.epochs["finetune"],
+        "s_sparse": round(m.seconds["sparse"], 2), "s_finetune": round(m.seconds["finetune"], 2),
         "s_wall": round(wall, 1),
     }
-    for d, p in zip(bench["dense"], bench["pruned"], strict=True):
+    for d, p in zip(bench.dense, bench.pruned, strict=True):
         row[f"dense_b{d['batch']}_ms"] = round(d["median_ms"], 4)
         row[f"lat_b{p['batch']}_ms"] = round(p["median_ms"], 4)
     print(f"{model} s={s} {method:11s} acc {row['acc']:.2f} (dense {row['acc_dense']:.2f}) reached "
@@ -147,7 +150,7 @@ def _ssr_vs_gl(rows: list[dict[str, Any]]) -> list[str]:
 
 
 COLUMNS = [("model", "model"), ("sparsity", "sparsity"), ("method", "method"), ("lam", "lambda"),
-           ("acc", "acc %"), ("drop_pt", "drop pt"), ("acc_before_finetune", "before FT %"),
+           ("acc", "acc %"), ("drop_pt", "drop pt"), ("val_before_finetune", "val. before FT %"),
            ("reached", "reached (nonzero)"), ("k", "k"), ("params", "params"), ("macs", "MACs"),
            ("lat_b1_ms", "ORT b1 ms"), ("lat_b32_ms", "ORT b32 ms"), ("dense_b1_ms", "dense b1 ms"),
            ("dense_b32_ms", "dense b32 ms"), ("s_sparse", "sparse-phase s"), ("s_finetune", "FT s")]

@@ -34,6 +34,7 @@ from hwprune.profiles import load_profile, profile_to_dict
 from hwprune.runtime.envinfo import collect_env
 from hwprune.runtime.latency import default_cache_path
 from hwprune.training.config import TrainJobConfig
+from hwprune.training.rundir import RunDir
 
 __all__ = ["main"]
 
@@ -161,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                 res = run_with_budget(cfg, run_dir, budget, opts, run_fn=_light_run, progress=False,
                                       cache_path=default_cache_path())
                 dense_ckpt = dense_ckpt or run_dir / "dense"
-                metrics = json.loads((run_dir / "metrics.json").read_text())
-                prune = json.loads((run_dir / "prune_summary.json").read_text())
+                rd = RunDir.open(run_dir)
+                metrics, prune = rd.metrics(), rd.surgery()
                 row = {"model": model, "mode": mode, "budget": budget, "budget_ms": res["budget_ms"],
                        "dense_ms": res["dense_ms"], "predicted_ms": res["predicted_ms"],
                        "measured_ms": res["measured_ms"], "runs": len(res["iterations"]),
-                       "accuracy": prune["accuracy"]["pruned"], "dense_accuracy": metrics["accuracy"]["dense"],
-                       "macs": prune["macs"]["pruned"], "seconds": round(time.perf_counter() - t0, 1)}
+                       "accuracy": metrics.test_accuracy.final, "dense_accuracy": metrics.test_accuracy.dense,
+                       "macs": prune.macs["pruned"], "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     iso = []

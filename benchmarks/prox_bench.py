@@ -8,9 +8,12 @@ For n grouped elements (1e5 .. 1e8, capped by --max-n) it times, per configurati
 next to the baseline, measured in the same run: one in-place multiply of the same view by a per-row
 scale (reads and writes every element once). Each timing is the median of --repeats calls; the input
 is restored (untimed) before each call. Reports ns/element, prox/baseline and the log-log slope of
-time vs n from 1e6 to the largest n. Writes benchmarks/results/prox_bench-cpu-pt<ver>.{md,csv,env.json}.
+time vs n from 1e6 to the largest n. Each configuration runs on both prox paths (``--paths``):
+``fused`` (``HWPRUNE_PROX_KERNEL=auto``, the default: the C kernel of ``hwprune.sparsity.fused`` for
+large calls) and ``eager`` (``HWPRUNE_PROX_KERNEL=off``, pure PyTorch, the reference).
+Writes benchmarks/results/prox_bench-cpu-pt<ver>.{md,csv,env.json}.
 
-Usage: python benchmarks/prox_bench.py [--max-n 1e8] [--repeats 5] [--threads 2]
+Usage: python benchmarks/prox_bench.py [--max-n 1e8] [--repeats 5] [--threads 1] [--paths fused,eager]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -28,7 +32,7 @@ import torch
 
 from hwprune.base.files import atomic_write_json, atomic_write_text
 from hwprune.runtime.envinfo import collect_env
-from hwprune.sparsity import wgsef
+from hwprune.sparsity import fused, wgsef
 
 __all__ = ["main"]
 
@@ -77,7 +81,10 @@ def _cases(n: int, scope_groups: int) -> list[tuple[str, int, str, Callable[[tor
     return out
 
 
-def run(max_n: int, repeats: int, scope_groups: int) -> list[dict]:
+_PATH_MODE = {"fused": "auto", "eager": "off"}
+
+
+def run(max_n: int, repeats: int, scope_groups: int, paths: list[str]) -> list[dict]:
     rows = []
     for n in [s for s in SIZES if s <= max_n]:
         master = torch.randn(n, generator=torch.Generator().manual_seed(0))
@@ -88,18 +95,20 @@ def run(max_n: int, repeats: int, scope_groups: int) -> list[dict]:
 
         reps = repeats if n < 10**8 else max(3, repeats // 2)
         for kind, s, scope, make in _cases(n, scope_groups):
-            prox_inplace, prox_alloc, baseline, numel = make(x)
-            t_base = _median_ms(baseline, reset, reps)
-            t_in = _median_ms(prox_inplace, reset, reps)
-            t_alloc = _median_ms(prox_alloc, reset, reps)
-            rows.append({
-                "kind": kind, "group_size": s, "scope": scope, "n": numel,
-                "baseline_ms": round(t_base, 4), "prox_inplace_ms": round(t_in, 4), "prox_ms": round(t_alloc, 4),
-                "ns_per_elem": round(1e6 * t_in / numel, 4), "ratio_inplace": round(t_in / t_base, 3),
-                "ratio_alloc": round(t_alloc / t_base, 3),
-            })
-            print(f"{kind:8s} s={s:5d} {scope:18s} n={numel:>10d}  base {t_base:9.3f} ms  prox_ {t_in:9.3f} ms"
-                  f"  prox {t_alloc:9.3f} ms  ratio {t_in / t_base:6.2f}", flush=True)
+            for path in paths:
+                os.environ["HWPRUNE_PROX_KERNEL"] = _PATH_MODE[path]
+                prox_inplace, prox_alloc, baseline, numel = make(x)
+                t_base = _median_ms(baseline, reset, reps)
+                t_in = _median_ms(prox_inplace, reset, reps)
+                t_alloc = _median_ms(prox_alloc, reset, reps)
+                rows.append({
+                    "path": path, "kind": kind, "group_size": s, "scope": scope, "n": numel,
+                    "baseline_ms": round(t_base, 4), "prox_inplace_ms": round(t_in, 4), "prox_ms": round(t_alloc, 4),
+                    "ns_per_elem": round(1e6 * t_in / numel, 4), "ratio_inplace": round(t_in / t_base, 3),
+                    "ratio_alloc": round(t_alloc / t_base, 3),
+                })
+                print(f"{path:5s} {kind:8s} s={s:5d} {scope:18s} n={numel:>10d}  base {t_base:9.3f} ms  "
+                      f"prox_ {t_in:9.3f} ms  prox {t_alloc:9.3f} ms  ratio {t_in / t_base:6.2f}", flush=True)
     return rows
 
 
@@ -108,7 +117,7 @@ def _slopes(rows: list[dict]) -> dict[tuple, float]:
     groups: dict[tuple, list[tuple[float, float]]] = {}
     for r in rows:
         if r["n"] >= 0.9e6:
-            groups.setdefault((r["kind"], r["group_size"], r["scope"].split("(")[0]), []).append(
+            groups.setdefault((r["path"], r["kind"], r["group_size"], r["scope"].split("(")[0]), []).append(
                 (math.log(r["n"]), math.log(r["prox_inplace_ms"])))
     out = {}
     for key, pts in groups.items():
@@ -124,12 +133,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--scope-groups", type=int, default=512, help="groups per per-layer scope")
+    ap.add_argument("--paths", default="fused,eager", help="prox paths to time: fused (kernel, default), eager")
+    ap.add_argument("--note", default="Shared 2-core machine with other jobs running: ratios within one run only.")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     with torch.inference_mode():
-        rows = run(int(args.max_n), args.repeats, args.scope_groups)
+        paths = [p for p in args.paths.split(",") if p]
+        rows = run(int(args.max_n), args.repeats, args.scope_groups, paths)
     slopes = _slopes(rows)
     ver = "".join(torch.__version__.split("+")[0].split(".")[:3])
     stem = args.out_dir / f"prox_bench-cpu-pt{ver}"
@@ -141,18 +153,23 @@ def main() -> None:
     env = collect_env(include_gpu=False)
     env.update({"torch": torch.__version__, "cpu": env["cpu_model"], "threads": torch.get_num_threads(), "lam": LAM,
            "scope_groups": args.scope_groups, "repeats": args.repeats, "max_n": int(args.max_n),
+           "paths": paths, "kernel_available": fused.available(), "note": args.note,
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     atomic_write_json(stem.with_suffix(".env.json"), env)
-    head = ["kind", "s", "scope", "n", "baseline ms", "prox_ ms", "prox ms", "ns/elem", "prox_/base", "prox/base"]
+    head = ["path", "kind", "s", "scope", "n", "baseline ms", "prox_ ms", "prox ms", "ns/elem", "prox_/base",
+            "prox/base"]
     lines = [f"# prox_bench ({env['cpu']}, {env['threads']} threads, torch {env['torch']})", "",
              "Median of repeats; prox_ is in place (compare with the in-place baseline), prox allocates its output.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "Path fused = the default (C kernel for large calls, hwprune.sparsity.fused); eager = pure PyTorch.",
+             f"Machine state: {args.note}", "", "Command: `.venv/bin/python benchmarks/prox_bench.py "
+             f"--max-n {args.max_n:g} --repeats {args.repeats} --threads {args.threads} --paths {args.paths}`", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(str(v) for v in (
-            r["kind"], r["group_size"], r["scope"], f"{r['n']:.0e}", r["baseline_ms"], r["prox_inplace_ms"],
+            r["path"], r["kind"], r["group_size"], r["scope"], f"{r['n']:.0e}", r["baseline_ms"], r["prox_inplace_ms"],
             r["prox_ms"], r["ns_per_elem"], r["ratio_inplace"], r["ratio_alloc"])) + " |")
     lines += ["", "Scaling exponent (log-log slope of prox_ time vs n, n >= 1e6):", ""]
-    lines += [f"- {k[0]} s={k[1]} {k[2]}: {v:.3f}" for k, v in sorted(slopes.items())]
+    lines += [f"- {k[0]} {k[1]} s={k[2]} {k[3]}: {v:.3f}" for k, v in sorted(slopes.items())]
     text = "\n".join(lines) + "\n"
     atomic_write_text(stem.with_suffix(".md"), text)
     print(text)

@@ -2,9 +2,11 @@
 
 For every model, the first sparsity's job trains the dense model (``--dense-epochs``); every other
 sparsity starts from that saved dense model (``TrainJobConfig(checkpoint=RUN/dense)``), so all points
-share one dense network. Each job: WGSEF sparse phase (``--epochs``) -> top-k projection -> masked
-fine-tune (``--finetune-epochs``) with the ``--profile`` channel groups (default ``generic-channel``),
-then ``step_prune`` (surgery) for params/MACs. Columns: dense and sparse test accuracy, drop in points,
+share one dense network. Each job: WGSEF sparse phase (``--epochs``) -> top-k projection -> surgery ->
+fine-tune of the compact model (``--finetune-epochs``) with the ``--profile`` channel groups (default
+``generic-channel``); ``step_prune`` reads the surgery summary for params/MACs. Columns: dense and
+final test accuracy (each measured once, at the end of the job), drop in points, validation accuracy
+right after the projection,
 groups kept (k) vs nonzero after the job and before the projection, ``nonzero == k`` in every scope,
 params/MACs per sample before/after surgery, wall time per phase.
 
@@ -38,6 +40,11 @@ def model_kwargs(model: str, vgg_width: float, vgg_depth: int) -> dict[str, Any]
     return {"width": vgg_width, "depth": vgg_depth} if model == "vgg" else {}
 
 
+def pct(v: float | None) -> float | None:
+    """A fraction as a percentage with two decimals (None stays None)."""
+    return round(100 * v, 2) if v is not None else None
+
+
 def _limit(model: str, args: argparse.Namespace) -> int | None:
     if model == "vgg" and args.vgg_train_limit is not None:
         return args.vgg_train_limit or None
@@ -58,34 +65,33 @@ def run_model(model: str, args: argparse.Namespace, work: Path) -> list[dict[str
         t0 = time.perf_counter()
         m = run_train_job(cfg, run_dir, progress=False).metrics
         t_train = time.perf_counter() - t0
-        ps = step_prune(run_dir)
+        ps = step_prune(run_dir)  # the train job did the surgery: this reads its summary
         wall = time.perf_counter() - t0
         if dense_stem is None:
             dense_stem = run_dir / "dense"
-        g, acc = m["groups"], m["accuracy"]
+        g, test, val = m.groups, m.test_accuracy, m.val_accuracy
         rows.append({
-            "model": model, "sparsity": s, "acc_dense": round(100 * acc["dense"], 2),
-            "acc_sparse": round(100 * acc["sparse"], 2), "drop_pt": round(100 * (acc["dense"] - acc["sparse"]), 2),
-            "acc_before_finetune": round(100 * acc["sparse_before_finetune"], 2),
-            "acc_pruned": round(100 * ps["accuracy"]["pruned"], 2),
-            "groups_total": g["total"], "k": g["k"], "nonzero": g["nonzero"],
-            "nonzero_before_projection": g["nonzero_before_projection"],
-            "zeroed_by_projection": g["zeroed_by_projection"], "exact_k": m["exact_k"],
-            "params_dense": ps["params"]["sparse"], "params_pruned": ps["params"]["pruned"],
-            "macs_dense": ps["macs"]["sparse"], "macs_pruned": ps["macs"]["pruned"],
-            "mac_reduction": round(ps["macs"]["sparse"] / max(1, ps["macs"]["pruned"]), 3),
-            "s_dense": round(m["seconds"]["dense"], 1), "s_sparse": round(m["seconds"]["sparse"], 1),
-            "s_finetune": round(m["seconds"]["finetune"], 1), "s_wall": round(wall, 1),
-            "s_train_job": round(t_train, 1), "lam": m["lam"],
+            "model": model, "sparsity": s, "acc_dense": pct(test.dense), "acc_sparse": pct(test.final),
+            "drop_pt": round(100 * ((test.dense or 0.0) - (test.final or 0.0)), 2),
+            "val_before_finetune": pct(val.projected), "final_stage": m.final_stage,
+            "groups_total": g.total, "k": g.k, "nonzero": g.nonzero,
+            "nonzero_before_projection": g.nonzero_before_projection,
+            "zeroed_by_projection": g.zeroed_by_projection, "exact_k": m.exact_k,
+            "params_dense": ps.params["sparse"], "params_pruned": ps.params["pruned"],
+            "macs_dense": ps.macs["sparse"], "macs_pruned": ps.macs["pruned"],
+            "mac_reduction": round(ps.macs["sparse"] / max(1, ps.macs["pruned"]), 3),
+            "s_dense": round(m.seconds["dense"], 1), "s_sparse": round(m.seconds["sparse"], 1),
+            "s_finetune": round(m.seconds["finetune"], 1), "s_wall": round(wall, 1),
+            "s_train_job": round(t_train, 1), "lam": m.lam,
         })
         print(f"{model} s={s}: dense {rows[-1]['acc_dense']} sparse {rows[-1]['acc_sparse']} "
-              f"drop {rows[-1]['drop_pt']} pt, nonzero {g['nonzero']}/{g['k']} (before proj "
-              f"{g['nonzero_before_projection']}), {wall:.0f} s", flush=True)
+              f"drop {rows[-1]['drop_pt']} pt, nonzero {g.nonzero}/{g.k} (before proj "
+              f"{g.nonzero_before_projection}), {wall:.0f} s", flush=True)
     return rows
 
 
 COLUMNS = [("model", "model"), ("sparsity", "sparsity"), ("acc_dense", "dense %"), ("acc_sparse", "sparse %"),
-           ("drop_pt", "drop pt"), ("acc_before_finetune", "before FT %"), ("groups_total", "groups"),
+           ("drop_pt", "drop pt"), ("val_before_finetune", "val. before FT %"), ("groups_total", "groups"),
            ("k", "k"), ("nonzero", "nonzero"), ("nonzero_before_projection", "nonzero before proj."),
            ("exact_k", "nonzero==k all scopes"), ("params_dense", "params dense"),
            ("params_pruned", "params pruned"), ("macs_dense", "MACs dense"), ("macs_pruned", "MACs pruned"),

@@ -16,13 +16,17 @@ Reported per point: params, MACs per sample, MAC reduction (dense MACs / compact
 latency dense vs compact, measured speed-up (dense / compact median) and efficiency = speed-up /
 MAC reduction (1.0 = the runtime realises the whole MAC reduction), plus the share of conv/linear
 layers whose width is a multiple of 8. At the 50 % point the profiles ``generic-channel`` (single
-channels, unaligned widths), ``x86-avx2-ort`` (8) and ``x86-avx512-ort`` (16) are compared.
+channels, unaligned widths), ``x86-avx2-ort`` (8), ``x86-avx512-ort`` (16), ``x86-openvino`` (8) and
+every ``--calibrated`` profile (written by ``hwprune profile calibrate`` on this machine) are compared.
+Every point is timed on each runtime of ``--runtimes`` (ONNX Runtime CPU EP, and OpenVINO's CPU device
+when installed) from the same ONNX files: the ``runtime`` column.
 
 Writes ``benchmarks/results/speedup_bench-ort<ver>-cpu-pt<ver>.{md,csv,env.json}`` and prints the
 table. CPU timings on a shared machine are noisy; re-run on a quiet machine with e.g.
 ``python benchmarks/speedup_bench.py --iters 200 --repeats 5 --warmup 20``.
 
 Usage: python benchmarks/speedup_bench.py [--models resnet20,vgg,mobilenetv2] [--fractions 0.3,0.5,0.7]
+       [--calibrated A.yaml,B.yaml] [--runtimes onnxruntime,openvino]
        [--iters 30] [--repeats 3] [--warmup 5] [--threads 1] [--out-dir DIR]
 """
 
@@ -59,7 +63,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet20", "vgg", "mobilenetv2")
 FRACTIONS = (0.3, 0.5, 0.7)
 MAIN_PROFILE = "x86-avx2-ort"
-ALIGN_PROFILES = ("generic-channel", "x86-avx2-ort", "x86-avx512-ort")
+ALIGN_PROFILES = ("generic-channel", "x86-avx2-ort", "x86-avx512-ort", "x86-openvino")
 ALIGN_FRACTION = 0.5
 INPUT = (3, 32, 32)
 MAX_FRACTION = 0.95  # per-layer fraction cap (surgery keeps one group of a set anyway)
@@ -96,37 +100,40 @@ def _aligned_share(model: nn.Module, block: int = 8) -> float:
 
 
 def _point(name: str, dense: nn.Module, dense_onnx: Path, profile: str, frac: float, args: argparse.Namespace,
-           spec: BenchSpec, tmp: Path, dense_pm: tuple[int, int]) -> list[dict[str, Any]]:
+           specs: dict[str, BenchSpec], tmp: Path, dense_pm: tuple[int, int]) -> list[dict[str, Any]]:
     x = torch.randn(1, *INPUT, generator=torch.Generator().manual_seed(0))
     model = copy.deepcopy(dense).eval()
-    gs = build_groups(model, load_profile(profile), x)
+    prof = load_profile(profile)
+    gs = build_groups(model, prof, x)
     removed = zero_fraction(gs, frac, jitter=args.jitter, seed=args.seed)
     t0 = time.perf_counter()
     compact, plan = remove_zero_groups(model, gs, x)
     surgery_s = time.perf_counter() - t0
     params, macs = count_params_and_macs(compact, x)
-    path = to_onnx(compact, x, tmp / f"{name}-{profile}-{int(round(frac * 100))}.onnx")
-    res = compare(dense_onnx, path, spec, timeout_s=args.timeout)
+    path = to_onnx(compact, x, tmp / f"{name}-{prof.name}-{int(round(frac * 100))}.onnx")
     rows = []
-    for sp, d, p in zip(res["speedup"], res["dense"], res["pruned"], strict=True):
-        mac_red = dense_pm[1] / macs
-        rows.append({
-            "model": name, "profile": profile, "target_removed": frac, "groups_removed": round(removed, 3),
-            "batch": sp["batch"], "params_dense": dense_pm[0], "params_compact": params,
-            "macs_dense_M": round(dense_pm[1] / 1e6, 2), "macs_compact_M": round(macs / 1e6, 2),
-            "mac_reduction": round(mac_red, 3), "dense_ms": round(sp["dense_median_ms"], 4),
-            "compact_ms": round(sp["pruned_median_ms"], 4), "speedup": round(sp["speedup"], 3),
-            "efficiency": round(sp["speedup"] / mac_red, 3), "aligned8": round(_aligned_share(compact), 2),
-            "dense_p90_ms": round(d["p90_ms"], 4), "compact_p90_ms": round(p["p90_ms"], 4),
-            "surgery_s": round(surgery_s, 2), "steps": len(plan.steps),
-        })
+    for runtime, spec in specs.items():
+        res = compare(dense_onnx, path, spec, timeout_s=args.timeout)
+        for sp, d, p in zip(res["speedup"], res["dense"], res["pruned"], strict=True):
+            mac_red = dense_pm[1] / macs
+            rows.append({
+                "model": name, "profile": prof.name, "runtime": runtime, "target_removed": frac,
+                "groups_removed": round(removed, 3),
+                "batch": sp["batch"], "params_dense": dense_pm[0], "params_compact": params,
+                "macs_dense_M": round(dense_pm[1] / 1e6, 2), "macs_compact_M": round(macs / 1e6, 2),
+                "mac_reduction": round(mac_red, 3), "dense_ms": round(sp["dense_median_ms"], 4),
+                "compact_ms": round(sp["pruned_median_ms"], 4), "speedup": round(sp["speedup"], 3),
+                "efficiency": round(sp["speedup"] / mac_red, 3), "aligned8": round(_aligned_share(compact), 2),
+                "dense_p90_ms": round(d["p90_ms"], 4), "compact_p90_ms": round(p["p90_ms"], 4),
+                "surgery_s": round(surgery_s, 2), "steps": len(plan.steps),
+            })
     return rows
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """All (model, profile, fraction) points; one ``compare`` call (both batch sizes) per point."""
-    spec = BenchSpec(batch_sizes=tuple(args.batches), warmup=args.warmup, iters=args.iters,
-                     repeats=args.repeats, threads=args.threads)
+    specs = {rt: BenchSpec(backend=rt, batch_sizes=tuple(args.batches), warmup=args.warmup,  # type: ignore[arg-type]
+                           iters=args.iters, repeats=args.repeats, threads=args.threads) for rt in args.runtimes}
     rows: list[dict[str, Any]] = []
     x = torch.randn(1, *INPUT, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory(prefix="speedup_bench-") as d:
@@ -137,18 +144,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             dense_pm = count_params_and_macs(dense, x)
             dense_onnx = to_onnx(dense, x, tmp / f"{name}-dense.onnx")
             points = [(MAIN_PROFILE, f) for f in args.fractions]
-            points += [(p, ALIGN_FRACTION) for p in args.align_profiles if (p, ALIGN_FRACTION) not in points]
+            points += [(p, ALIGN_FRACTION) for p in [*args.align_profiles, *args.calibrated]
+                       if (p, ALIGN_FRACTION) not in points]
             for profile, frac in points:
-                new = _point(name, dense, dense_onnx, profile, frac, args, spec, tmp, dense_pm)
+                new = _point(name, dense, dense_onnx, profile, frac, args, specs, tmp, dense_pm)
                 for r in new:
-                    print(f"{r['model']:12s} {r['profile']:16s} {r['target_removed']:.0%} b={r['batch']:<3d} "
+                    print(f"{r['model']:12s} {r['profile']:16s} {r['runtime']:11s} {r['target_removed']:.0%} "
+                          f"b={r['batch']:<3d} "
                           f"MACs x{r['mac_reduction']:.2f}  {r['dense_ms']:8.3f} -> {r['compact_ms']:8.3f} ms  "
                           f"speed-up {r['speedup']:.2f}  eff {r['efficiency']:.2f}", flush=True)
                 rows.extend(new)
     return rows
 
 
-_MD_COLS = [("model", "model"), ("profile", "profile"), ("target", "target_removed"),
+_MD_COLS = [("model", "model"), ("profile", "profile"), ("runtime", "runtime"), ("target", "target_removed"),
             ("groups removed", "groups_removed"), ("batch", "batch"), ("params", "params_dense"),
             ("params compact", "params_compact"), ("MMACs", "macs_dense_M"), ("MMACs compact", "macs_compact_M"),
             ("MAC red. x", "mac_reduction"), ("dense ms", "dense_ms"), ("compact ms", "compact_ms"),
@@ -158,8 +167,8 @@ _MD_COLS = [("model", "model"), ("profile", "profile"), ("target", "target_remov
 def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     v = env["versions"]
     lines = [
-        f"# speedup_bench ({env.get('cpu_model')}, ORT {v.get('onnxruntime')} CPU EP, {args.threads} intra-op "
-        f"thread(s), torch {v.get('torch')})", "",
+        f"# speedup_bench ({env.get('cpu_model')}, ORT {v.get('onnxruntime')} CPU EP / OpenVINO "
+        f"{v.get('openvino')} CPU, {args.threads} intra-op thread(s), torch {v.get('torch')})", "",
         f"Input 1x{'x'.join(map(str, INPUT))}; median of {args.repeats} rounds x {args.iters} iterations "
         f"(warm-up {args.warmup}), dense and compact interleaved in one fresh worker "
         "(`hwprune.runtime.bench.compare`).",
@@ -167,6 +176,7 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Na
         "speed-up / MAC red. = 1 means the runtime realises the whole MAC reduction.",
         f"Random zero groups (per-layer fraction = target +- {args.jitter}, seed {args.seed}); "
         "`widths %8` = share of conv/linear layers whose width is a multiple of 8.",
+        "Calibrated profiles: " + (", ".join(f"`{c}`" for c in args.calibrated) or "none") + ".",
         "", f"Timed on {time.strftime('%Y-%m-%d', time.gmtime())}. " + args.note, "",
         "| " + " | ".join(h for h, _ in _MD_COLS) + " |", "|" + "---|" * len(_MD_COLS),
     ]
@@ -174,11 +184,12 @@ def _markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Na
         cells = [f"{r[k]:.0%}" if k == "target_removed" else str(r[k]) for _, k in _MD_COLS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Summary (median speed-up / MAC reduction over models):", ""]
-    keys = sorted({(r["profile"], r["target_removed"], r["batch"]) for r in rows})
-    for prof, frac, b in keys:
-        eff = [r["efficiency"] for r in rows if (r["profile"], r["target_removed"], r["batch"]) == (prof, frac, b)]
-        lines.append(f"- {prof}, {frac:.0%} removed, batch {b}: {statistics.median(eff):.2f} "
-                     f"(per model: {', '.join(f'{e:.2f}' for e in eff)})")
+    keys = sorted({(r["runtime"], r["profile"], r["target_removed"], r["batch"]) for r in rows})
+    for rt, prof, frac, b in keys:
+        sel = [r for r in rows if (r["runtime"], r["profile"], r["target_removed"], r["batch"]) == (rt, prof, frac, b)]
+        eff = [r["efficiency"] for r in sel]
+        per = ", ".join(f"{r['model']} {r['efficiency']:.2f}" for r in sel)
+        lines.append(f"- {rt}, {prof}, {frac:.0%} removed, batch {b}: {statistics.median(eff):.2f} (per model: {per})")
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +204,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="target fractions of groups removed")
     ap.add_argument("--align-profiles", default=",".join(ALIGN_PROFILES),
                     help=f"profiles compared at {round(ALIGN_FRACTION * 100)} percent removed (empty to skip)")
+    ap.add_argument("--calibrated", default="",
+                    help="calibrated profile YAMLs compared at 50 percent (comma-separated)")
+    ap.add_argument("--runtimes", default=None, help="runtimes to time every point on [default: onnxruntime, and "
+                    "openvino when installed]")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--iters", type=int, default=30, help="timed runs per round")
     ap.add_argument("--repeats", type=int, default=3, help="rounds (fresh ORT session each)")
@@ -208,6 +223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.models = [m for m in args.models.split(",") if m]
     args.fractions = _floats(args.fractions)
     args.align_profiles = [p for p in args.align_profiles.split(",") if p]
+    args.calibrated = [p for p in args.calibrated.split(",") if p]
+    if args.runtimes is None:
+        from hwprune.runtime.availability import backend_problem
+
+        args.runtimes = "onnxruntime" + (",openvino" if backend_problem("openvino") is None else "")
+    args.runtimes = [r for r in args.runtimes.split(",") if r]
     args.batches = [int(b) for b in args.batches.split(",") if b]
     return args
 
@@ -221,10 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     env = collect_env(include_gpu=False)
     env["benchmark"] = {"iters": args.iters, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
                         "batches": args.batches, "jitter": args.jitter, "seed": args.seed, "input": list(INPUT),
-                        "argv": sys.argv[1:], "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                        "argv": sys.argv[1:], "runtimes": args.runtimes,
+                        "calibrated": args.calibrated, "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     ort = "".join((env["versions"].get("onnxruntime") or "none").split("."))
     pt = "".join(torch.__version__.split("+")[0].split(".")[:3])
-    stem = args.out_dir / f"speedup_bench-ort{ort}-cpu-pt{pt}"
+    ov = "".join((env["versions"].get("openvino") or "").split(".")) if "openvino" in args.runtimes else ""
+    stem = args.out_dir / (f"speedup_bench-ort{ort}" + (f"-ov{ov}" if ov else "") + f"-cpu-pt{pt}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,25 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    monkeypatch.setenv("HWPRUNE_PROFILE_DIR", str(cache / "user-profiles"))  # calibrated profiles of the tests only
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, tiny, finished run (digits, 200 images, one epoch per phase), trained and exported.
+
+    Shared read-only: tests that change it copy it first.
+    """
+    from hwprune.pipeline.steps import step_export
+    from hwprune.training.config import TrainJobConfig
+    from hwprune.training.job import run_train_job
+
+    cfg = TrainJobConfig(model="digits_cnn", model_kwargs={"width": 0.5}, data="digits", train_limit=200, epochs=1,
+                         dense_epochs=2, finetune_epochs=1, profile="x86-avx2-ort")
+    root = tmp_path_factory.mktemp("finished") / "run"
+    run_train_job(cfg, root, progress=False)
+    step_export(root)
+    return root

@@ -73,14 +73,23 @@ def test_compare_interleaved_speedup(onnx_pair: tuple[Path, Path]) -> None:
     assert res["dense"][0]["median_ms"] == row["dense_median_ms"]
 
 
-def test_worker_failure_is_clear(tmp_path: Path) -> None:
+def test_a_bad_model_file_is_one_line_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "garbage.onnx"
     bad.write_bytes(b"this is not a protobuf")
-    with pytest.raises(BenchWorkerError, match=r"exit code 1\); stderr tail: .*INVALID_PROTOBUF") as err:
-        measure(bad, FAST)
-    assert "\n" not in str(err.value)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match=r"garbage.onnx: not a valid ONNX model") as err:
+        measure(bad, FAST)  # checked before the worker starts: no flattened worker traceback
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    with pytest.raises(DataError, match="missing.onnx: missing ONNX model"):
         measure(tmp_path / "missing.onnx", FAST)
+
+
+def test_worker_failure_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = to_onnx(_net(4), torch.randn(1, 3, 8, 8), tmp_path / "m.onnx")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the worker imports a broken onnxruntime from here
+    (tmp_path / "onnxruntime.py").write_text("raise RuntimeError('broken native library')\n")
+    with pytest.raises(BenchWorkerError, match=r"exit code 1\); stderr tail: .*broken native library") as err:
+        measure(path, FAST)
+    assert "\n" not in str(err.value)
 
 
 def test_worker_reraises_typed_errors(tmp_path: Path) -> None:
@@ -117,7 +126,7 @@ def test_cli_bench_json_and_compare(onnx_pair: tuple[Path, Path], tmp_path: Path
     args = ["--batch-size", "1", "--iters", "10", "--warmup", "1", "--repeats", "1", "--threads", "1"]
     res = CliRunner().invoke(cli, ["bench", str(onnx_pair[0]), *args, "--json", "--out", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["results"][0]["batch"] == 1 and out["spec"]["iters"] == 10 and "cpu_model" in out["env"]
     assert json.loads((tmp_path / "b.json").read_text()) == out
     res = CliRunner().invoke(cli, ["bench", "--compare", *map(str, onnx_pair), *args])
@@ -229,3 +238,22 @@ def test_real_tensorrt_engine(onnx_pair: tuple[Path, Path]) -> None:
     stats = measure(onnx_pair[0], BenchSpec(backend="tensorrt", provider="cuda", precision="fp16", batch_sizes=(1,),
                                             warmup=5, iters=20, repeats=1))
     assert _ordered(stats[0]) and stats[0].extra["build"]["engine_bytes"] > 0
+
+
+def test_a_profile_whose_backend_is_missing_falls_back_loudly(onnx_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed: the profile's own backend is used")
+    args = ["bench", str(onnx_pair[0]), "--profile", "nvidia-ampere-trt-fp16", "--batch-size", "1", "--iters", "2",
+            "--warmup", "0", "--repeats", "1"]
+    res = CliRunner().invoke(cli, args)  # no --backend/--provider/--precision needed
+    assert res.exit_code == 0, res.output
+    assert "WARNING" in res.output and "TIMED ON onnxruntime/cpu/fp32 INSTEAD" in res.output
+    out = json.loads(CliRunner().invoke(cli, [*args, "--json"]).stdout)
+    assert out["spec"]["backend"] == "onnxruntime" and "tensorrt" in out["fallback_note"]
+    res = CliRunner().invoke(cli, [*args, "--backend", "tensorrt"])  # asked for explicitly: no fallback
+    assert res.exit_code == 2 and "tensorrt" in res.output and len(res.output.strip().splitlines()) == 1
+    (tmp_path / "b.json").write_text("{}")
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "b.json")])
+    assert res.exit_code == 2 and "--force" in res.output and (tmp_path / "b.json").read_text() == "{}"

@@ -63,6 +63,34 @@ def test_digits_resize_and_train_limit() -> None:
         load_dataset("digits", image_size=-3)
 
 
+def test_validation_split_is_carved_from_train_stratified_and_disjoint() -> None:
+    full = load_dataset("digits", train_limit=400, seed=3)
+    b = load_dataset("digits", train_limit=400, seed=3, val_fraction=0.1)
+    assert b.split_sizes == {"train": 360, "val": 40, "test": 360} and full.val is None
+    assert torch.bincount(b.val.tensors[1], minlength=10).tolist() == [4] * 10  # stratified
+    # the validation images are 40 of the 400 limited training images, none of them also in train
+    raw = {tuple(r) for r in _denorm(full, full.train.tensors[0]).flatten(1).round(decimals=4).tolist()}
+    val = [tuple(r) for r in _denorm(b, b.val.tensors[0]).flatten(1).round(decimals=4).tolist()]
+    train = {tuple(r) for r in _denorm(b, b.train.tensors[0]).flatten(1).round(decimals=4).tolist()}
+    assert all(v in raw for v in val) and not any(v in train for v in val)
+    assert torch.equal(b.test.tensors[1], full.test.tensors[1])  # the test split is untouched
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_dataset("digits", val_fraction=1.0)
+
+
+def test_a_seed_repeat_keeps_the_data() -> None:
+    from hwprune.training.config import TrainJobConfig
+    from hwprune.training.rundir import load_job_data
+
+    cfg = TrainJobConfig(data="digits", train_limit=300)
+    a, b = load_job_data(cfg), load_job_data(cfg.replace(seed=7))  # another training seed, same data_seed
+    for split in ("train", "val", "test"):
+        assert all(torch.equal(u, v) for u, v in zip(getattr(a, split).tensors, getattr(b, split).tensors,
+                                                      strict=True)), split
+    c = load_job_data(cfg.replace(data_seed=1))
+    assert not torch.equal(a.train.tensors[1], c.train.tensors[1])
+
+
 def test_stratified_split_is_disjoint_and_complete() -> None:
     labels = np.repeat(np.arange(3), [10, 20, 7])
     tr, te = stratified_split(labels, 0.2, seed=5)

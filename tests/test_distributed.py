@@ -47,6 +47,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.mark.slow  # ~15 s idle (two torchrun processes start torch); is_main_process has a fast test in test_rundir
 def test_two_cpu_processes_end_with_identical_replicas_and_exact_k(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

@@ -182,7 +182,7 @@ def test_cli_export_bare_model(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["export", "--model", "lenet5", "--in-channels", "1", "--input-size", "28",
                                    "--out", str(out)])
     assert res.exit_code == 0, res.output
-    report = json.loads((out.parent / "export_report.json").read_text())
+    report = json.loads(out.with_name(out.stem + ".export.json").read_text())["report"]
     assert report["passed"] and report["max_abs_diff"] <= ATOL and out.is_file()
     res = CliRunner().invoke(cli, ["export"])
     assert res.exit_code == 2 and "exactly one of RUN_DIR or --model" in res.output

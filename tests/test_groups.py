@@ -287,7 +287,9 @@ def test_padding_rows_and_k() -> None:
     torch.testing.assert_close(gs.from_padded(pad), v, atol=0, rtol=0)
     sizes = gs.scope_sizes.tolist()
     assert gs.k_for_sparsity(0.5).tolist() == [math.ceil(s / 2) for s in sizes]
-    assert gs.k_for_sparsity(1.0).tolist() == [1] * len(sizes)
+    assert gs.k_for_sparsity(0.999).tolist() == [1] * len(sizes)
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        gs.k_for_sparsity(1.0)  # the one sparsity interval of hwprune.base.checks
     assert gs.k_for_sparsity(0.0).tolist() == sizes
     s = gs.scope_names.index("branch_a")
     rows = gs.rows(s)
@@ -323,4 +325,4 @@ def test_cli_groups_table_and_json() -> None:
     assert res.exit_code == 2 and "Error:" in res.output
     res = runner.invoke(cli, ["groups", "--profile", "generic-channel", "--model", "lenet5", "--input-size", "28",
                               "--in-channels", "1", "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)["phase"] == "structured"
+    assert res.exit_code == 0 and json.loads(res.stdout)["phase"] == "structured"

@@ -215,3 +215,81 @@ def test_predicted_vs_measured_real_ort(tmp_path: Path):
     predicted = pred.predict(k)
     assert 0.5 < predicted / small_ms < 2.0, (predicted, small_ms, dense_ms)
     assert small_ms < dense_ms
+
+
+# ----------------------------------------------------------------------------- latency-true widths (staircase)
+class Wide(nn.Module):
+    """conv1 (1->32) -> conv2 (32->32) -> fc; generic-channel profile: 31 single-channel groups per conv scope."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def test_staircase_budget_keeps_widths_on_steps():
+    from hwprune.pipeline.budget import fill_steps
+    from hwprune.runtime.steptable import StepLatencyTable, kept_vs_staircase, layer_kind
+
+    torch.manual_seed(0)
+    model, x = Wide(), torch.randn(1, 1, 8, 8)
+    profile = load_profile("generic-channel")
+
+    def stairs(spec: LayerSpec, bench: BenchSpec, batch: int) -> float:  # latency steps every 8 channels
+        return 0.5 if spec.kind == "linear" else 0.1 * -(-spec.out_channels // 8) * (3.0 if spec.in_channels > 1 else 1)
+
+    table = build_latency_table(model, profile, x, bench=BENCH, widths=list(range(1, 33)), time_fn=stairs,
+                                fingerprint=FP)
+    gs = build_groups(model, profile, x)
+    blocks = {"conv": 8, "linear": 8}
+    dense = LatencyPredictor(gs, table).predict(gs.scope_sizes)
+    for frac in (0.8, 0.6, 0.45):
+        k = choose_k_for_budget(gs, table, frac * dense, staircase=blocks)
+        pred = LatencyPredictor(gs, StepLatencyTable.from_table(table, blocks))
+        assert pred.predict(k) <= frac * dense * (1 + 1e-9)
+        widths = pred.widths(k)
+        # kept widths sit on steps: multiples of 8 (or full width); the interpolating table does not ensure it
+        assert all(widths[n] % 8 == 0 for n in ("conv1", "conv2")), (frac, widths)
+        assert torch.equal(fill_steps(pred, k, 16), k)  # nothing left to fill for free
+    step = StepLatencyTable.from_table(table, blocks)
+    assert step.cost("conv1", 9) == step.cost("conv1", 16) and step.block("conv1") == 8
+    assert layer_kind(table.layers["fc"].spec) == "linear" and layer_kind(table.layers["conv1"].spec) == "conv"
+    rows = kept_vs_staircase(model, [{"module": "conv1", "before": 32, "after": 20},
+                                     {"module": "conv2", "before": 32, "after": 24}], blocks)
+    assert [(r["step_width"], r["on_step"], r["idle_channels"]) for r in rows] == [(24, False, 4), (24, True, 0)]
+
+
+def test_fill_steps_raises_k_to_the_top_of_a_step(setup):
+    from hwprune.pipeline.budget import fill_steps
+    from hwprune.runtime.steptable import StepLatencyTable
+
+    model, profile, x = setup
+    gp = load_profile("generic-channel")
+    table = build_latency_table(model, gp, x, bench=BENCH, widths=list(range(1, 17)),
+                                time_fn=lambda s, b, n: 0.5 if s.kind == "linear" else 0.1 * -(-s.out_channels // 8),
+                                fingerprint=FP)
+    gs = build_groups(model, gp, x)
+    pred = LatencyPredictor(gs, StepLatencyTable.from_table(table, {"conv": 8}))
+    k = torch.tensor([9, 16])  # conv1 keeps 9 channels: it costs like 16
+    assert fill_steps(pred, k, 16).tolist() == [16, 16]
+    assert fill_steps(pred, torch.tensor([8, 16]), 16).tolist() == [8, 16]  # on a step: unchanged
+
+
+def test_report_renders_kept_widths_against_the_staircase():
+    from hwprune.report.render import render_markdown
+
+    base = {"schema_version": 1, "profile": "cal", "model": "m", "data": "d", "method": "wgsef",
+            "sparsity_target": 0.5, "scopes": [], "accuracy": {"dense": 1, "pruned": 1},
+            "params": {"dense": 2, "pruned": 1}, "macs": {"dense": 2, "pruned": 1},
+            "latency": {"dense": [], "pruned": []}, "environment": {}, "versions": {}, "timings": {}}
+    sw = {"blocks": {"conv": 16}, "backend": "onnxruntime", "threads": 1, "batch": 1,
+          "layers": [{"module": "c1", "kind": "conv", "before": 64, "after": 33, "block": 16, "step_width": 48,
+                      "on_step": False, "idle_channels": 15}]}
+    md = render_markdown({**base, "staircase_widths": sw})
+    assert "## Kept widths vs the measured staircase" in md and "| c1 | conv | 64 | 33 | 16 | 48 | NO |" in md
+    assert "1 of 1 layers kept a width off a step" in md
+    assert "staircase" not in render_markdown(base)

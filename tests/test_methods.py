@@ -13,15 +13,19 @@ from torch import nn
 from hwprune.base.errors import ConfigError
 from hwprune.groups import build_groups
 from hwprune.profiles import load_profile
-from hwprune.sparsity.methods import MethodConfig, get_method, list_methods
+from hwprune.sparsity.methods import get_method, list_methods
 from hwprune.sparsity.methods.group_lasso import GroupLassoSGD
+from hwprune.sparsity.methods.ssr_method import SsrOptions
+from hwprune.sparsity.methods.wgsef_method import WgsefOptions
+from hwprune.training.artifacts import TrainMetrics
 from hwprune.training.config import TrainJobConfig
 from hwprune.training.job import run_train_job
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
 
 TRAIN_LIMIT, BATCH, EPOCHS = 192, 32, 2
-STEPS = EPOCHS * math.ceil(TRAIN_LIMIT / BATCH)  # sparse-phase SGD steps
+TRAIN = TRAIN_LIMIT - math.ceil(0.1 * TRAIN_LIMIT)  # the job's validation split (10 %) is carved from the limit
+STEPS = EPOCHS * math.ceil(TRAIN / BATCH)  # sparse-phase SGD steps
 INNER = 3
 
 
@@ -33,15 +37,18 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _job(tmp_path: Path, method: str, lam: float = 5e-3, **options: object) -> dict:
-    cfg = TrainJobConfig(model="digits_cnn", data="digits", profile="generic-channel", method=method, sparsity=0.5,
+def _job(tmp_path: Path, method: str, lam: float = 5e-3, model: str = "digits_cnn", **options: object) -> TrainMetrics:
+    """One tiny train job; returns its metrics (what the method itself achieved is asserted by each test)."""
+    cfg = TrainJobConfig(model=model, data="digits", profile="generic-channel", method=method, sparsity=0.5,
                          epochs=EPOCHS, dense_epochs=1, finetune_epochs=1, train_limit=TRAIN_LIMIT, batch_size=BATCH,
                          lam=lam, method_options=dict(options))
-    metrics = run_train_job(cfg, tmp_path, progress=False).metrics
-    assert metrics["exact_k"], metrics["scopes"]
-    for s in metrics["scopes"]:
-        assert s["nonzero"] == s["k"] < s["total"], s
-    return metrics
+    return run_train_job(cfg, tmp_path, progress=False).metrics
+
+
+def _method_met_budget(m: TrainMetrics) -> None:
+    """The method's own selection (finalize) left exactly k groups: the final projection removed none."""
+    assert m.groups.nonzero_before_projection == m.groups.k < m.groups.total, m.groups
+    assert m.groups.zeroed_by_projection == 0
 
 
 def _tiny() -> tuple[nn.Module, object]:
@@ -62,50 +69,82 @@ def test_registry_lists_all_methods() -> None:
 @pytest.mark.parametrize("variant", ["ssr-l21", "ssr-l20"])
 def test_ssr_joint_meets_budget(tmp_path: Path, variant: str) -> None:
     m = _job(tmp_path, variant, inner_steps=INNER)
-    info = m["method_info"]
+    info = m.method_info
     assert info["mode"] == "joint" and info["variant"] == variant[-3:]
     assert info["admm_iterations"] == math.ceil(STEPS / INNER)
     assert [h[0] for h in info["history"]] == list(range(0, STEPS, INNER))
-    assert m["groups"]["zeroed_by_projection"] == 0  # finalize already kept exactly k by ||F||
+    _method_met_budget(m)  # finalize already kept exactly k by ||F||
+    assert info["trimmed_by_topk"] == m.groups.total - m.groups.k - sum(info["f_zero_rows"]) + info["revived"]
 
 
 def test_ssr_calibrated_lambda_selects_k_rows(tmp_path: Path) -> None:
     m = _job(tmp_path, "ssr-l21", inner_steps=INNER, calibrate=True)
-    info = m["method_info"]
-    assert info["calibrated"] and len(info["lam_multipliers"]) == len(m["scopes"])
-    assert info["f_zero_rows"] == [s["total"] - s["k"] for s in m["scopes"]]  # lambda alone picks k rows
+    info = m.method_info
+    assert info["calibrated"] and len(info["lam_multipliers"]) == len(m.scopes)
+    assert info["f_zero_rows"] == [s.total - s.k for s in m.scopes]  # lambda alone picks k rows
     assert info["revived"] == 0 and info["trimmed_by_topk"] == 0
+    _method_met_budget(m)
 
 
 def test_ssr_layerwise_meets_budget(tmp_path: Path) -> None:
     m = _job(tmp_path, "ssr-l20", inner_steps=INNER, ssr_mode="layerwise", lam=0.05)
-    info = m["method_info"]
+    info = m.method_info
     assert info["mode"] == "layerwise"
+    _method_met_budget(m)
     steps = [h[0] for h in info["history"]]
-    S = len(m["scopes"])
+    S = len(m.scopes)
     starts = [round(i * STEPS / S) for i in range(S)]
     assert set(starts) <= set(steps) and steps == sorted(steps)
 
 
-def test_group_lasso_and_magnitude_meet_budget(tmp_path: Path) -> None:
-    gl = _job(tmp_path / "gl", "group-lasso")
-    total_minus_k = gl["groups"]["total"] - gl["groups"]["k"]
-    assert gl["method_info"]["zeroed_by_prox"] + gl["groups"]["zeroed_by_projection"] == total_minus_k
-    mag = _job(tmp_path / "mag", "magnitude")
-    assert mag["method_info"]["zeroed"] == mag["groups"]["total"] - mag["groups"]["k"]
-    assert mag["groups"]["zeroed_by_projection"] == 0
+def test_group_lasso_prox_zeroes_groups_itself(tmp_path: Path) -> None:
+    # LeNet-5 (no BatchNorm in the groups): at lam 1.5 the soft threshold alone zeroes part of the first
+    # conv's filters in 12 steps; the projection then has less to remove than total - k.
+    gl = _job(tmp_path, "group-lasso", lam=1.5, model="lenet5")
+    zeroed = gl.method_info["zeroed_by_prox"]
+    assert zeroed > 0, gl.method_info
+    assert gl.groups.nonzero_before_projection == gl.groups.total - zeroed
+    assert gl.groups.zeroed_by_projection < gl.groups.total - gl.groups.k
 
 
-def test_ssr_rejects_bad_options() -> None:
+def test_magnitude_selects_the_budget_itself(tmp_path: Path) -> None:
+    mag = _job(tmp_path, "magnitude")
+    assert mag.method_info["zeroed"] == mag.groups.total - mag.groups.k
+    _method_met_budget(mag)
+    assert mag.epochs == {"dense": 1, "sparse": 0, "finetune": 1 + EPOCHS}  # its sparse epochs go to the fine-tune
+
+
+def test_each_method_parses_its_own_options() -> None:
+    ssr = get_method("ssr-l21").parse_options({"calibrate": True, "inner_steps": 7})
+    assert ssr == SsrOptions(calibrate=True, inner_steps=7) and ssr.rho == 1.0  # defaults live in the dataclass
+    assert get_method("wgsef").parse_options({}) == WgsefOptions(eps=0.05, hs_frac=0.3)
+    with pytest.raises(ConfigError, match="did you mean 'calibrate'"):
+        get_method("ssr-l21").parse_options({"calibrat": True})
+    with pytest.raises(ConfigError, match="layerwise"):
+        get_method("ssr-l20").parse_options({"ssr_mode": "global"})
+    with pytest.raises(ConfigError, match="'inner_steps' must be int"):
+        get_method("ssr-l20").parse_options({"inner_steps": 2.5})
+    with pytest.raises(ConfigError, match="hs_frac"):
+        get_method("wgsef").parse_options({"hs_frac": 1.5})
+    with pytest.raises(ConfigError, match="valid options: none"):
+        get_method("group-lasso").parse_options({"rho": 1.0})
+
+
+def test_ssr_rejects_unknown_scopes() -> None:
+    from hwprune.sparsity.methods import MethodConfig
+
     model, gs = _tiny()
     k = gs.k_for_sparsity(0.5)
-    with pytest.raises(ConfigError, match="calibrate"):
-        get_method("ssr-l21").prepare(model, gs, k, MethodConfig(extra={"calibrat": True}), total_steps=4)
-    with pytest.raises(ConfigError, match="layerwise"):
-        get_method("ssr-l20").prepare(model, gs, k, MethodConfig(ssr_mode="global"), total_steps=4)
+    opts = get_method("ssr-l20").parse_options({"lam_per_scope": {"nope": 2.0}})
     with pytest.raises(ConfigError, match="scopes"):
-        get_method("ssr-l20").prepare(model, gs, k, MethodConfig(extra={"lam_per_scope": {"nope": 2.0}}),
-                                      total_steps=4)
+        get_method("ssr-l20").prepare(model, gs, k, MethodConfig(options=opts), total_steps=4)
+
+
+def test_train_job_rejects_bad_method_options_before_training(tmp_path: Path) -> None:
+    cfg = TrainJobConfig(model="digits_cnn", data="digits", method="ssr-l21", method_options={"rh0": 1.0})
+    with pytest.raises(ConfigError, match="did you mean 'rho'"):
+        run_train_job(cfg, tmp_path / "run", progress=False, profile=load_profile("generic-channel"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_group_lasso_step_is_soft_threshold() -> None:
@@ -168,3 +207,36 @@ def test_layerwise_driver_masks_each_scope_and_keeps_it_zero() -> None:
     assert int((~dead_after_stage0[gs.scope_index == 0]).sum()) >= int(k[0])
     assert not bool(gs.nonzero()[dead_after_stage0].any())  # still exactly zero after later SGD steps
     assert [h[0] for h in driver.history] == [0, 2, 4, 6]
+
+
+@pytest.mark.numerics
+def test_the_zero_cause_tracker_tells_prox_from_half_space() -> None:
+    from torch import nn
+
+    from hwprune.groups import build_groups
+    from hwprune.profiles import load_profile
+    from hwprune.sparsity.monitor import ZeroCauseTracker
+    from hwprune.sparsity.proxsgd import ProxSGD
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    gs = build_groups(model, load_profile("generic-channel"), x[:1])
+    k = gs.k_for_sparsity(0.5)
+    with torch.no_grad():
+        model[0].weight[0].zero_()
+        model[0].bias[0] = 0.0  # one group dead before the phase
+    opt = ProxSGD(model, gs, k, lr=0.1, lam=5.0, hs_start=10, eps=0.9)
+    tracker = ZeroCauseTracker(gs, opt, k=k)
+    for step in range(40):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tracker.on_step_end(step, 0)
+    causes = tracker.per_scope()
+    zero = int((~gs.nonzero()).sum())
+    assert sum(sum(v) for v in causes.values()) == zero  # every zero group has exactly one cause
+    assert causes["dead"] == [1] and causes["prox"][0] + causes["halfspace"][0] == zero - 1
+    assert causes["prox"][0] >= 1 and causes["halfspace"][0] >= 1  # both steps zeroed groups here (lam 5, eps 0.9)
+    assert tracker.on_epoch_end(0, {})["k_groups"] == int(k.sum())

@@ -34,6 +34,11 @@ def _report() -> dict:
     }
 
 
+def _write(root: Path, report: dict, log_path: Path | None = None) -> tuple[Path, Path]:
+    return write_report(report, json_path=root / "report.json", md_path=root / "report.md", plots_dir=root / "plots",
+                        log_path=log_path)
+
+
 def _is_png(p: Path) -> bool:
     data = p.read_bytes()
     return len(data) > 1000 and data[:8] == PNG_MAGIC
@@ -58,10 +63,9 @@ def test_write_report_json_md_and_plots(tmp_path: Path) -> None:
            {"phase": "sparse", "epoch": 0, "train_loss": 1.0, "eval_acc": 0.8, "nonzero_groups": 40},
            {"phase": "finetune", "epoch": 0, "train_loss": 0.5, "eval_acc": 0.9, "nonzero_groups": 21}]
     (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
-    plan = {"widths": [{"module": "conv1", "before": 32, "after": 16, "block": 8, "aligned": True},
-                       {"module": "conv2", "before": 8, "after": 5, "block": 8, "aligned": False}]}
-    (tmp_path / "surgery_plan.json").write_text(json.dumps(plan))
-    jpath, mpath = write_report(tmp_path, _report())
+    widths = [{"module": "conv1", "before": 32, "after": 16, "block": 8, "aligned": True},
+              {"module": "conv2", "before": 8, "after": 5, "block": 8, "aligned": False}]
+    jpath, mpath = _write(tmp_path, {**_report(), "widths": widths}, log_path=tmp_path / "train_log.jsonl")
     saved = json.loads(jpath.read_text())
     assert saved["speedup"][0] == pytest.approx({"batch": 1, "dense_median_ms": 0.25, "pruned_median_ms": 0.125,
                                                  "speedup": 2.0, "speedup_per_mac_reduction": 2.0 / (1788544 / 451904)})
@@ -71,18 +75,18 @@ def test_write_report_json_md_and_plots(tmp_path: Path) -> None:
         assert _is_png(tmp_path / rel)
     md = mpath.read_text()
     for text in ("x86-avx2-ort", "digits_cnn", "wgsef", "0.9812", "0.9733", "56554", "14458", "1788544",
-                 "451904", "Test CPU 9000", "2.13.0", "12.5", "| conv2 | 8 | 4 | 5 | 0.5 | 0.375 |",
+                 "451904", "Test CPU 9000", "2.13.0", "12.5", "| conv2 | 8 | 4 | 5 | - | 0.5 | 0.375 |",
                  "![pareto](plots/pareto.png)", "| 32 | 4 | 1.6 | 2.5 |"):
         assert text in md, text
 
 
 def test_write_report_without_log_or_plan(tmp_path: Path) -> None:
-    _, mpath = write_report(tmp_path, _report())
+    _, mpath = _write(tmp_path, _report(), log_path=tmp_path / "missing.jsonl")
     assert not (tmp_path / "plots" / "training.png").exists()
     assert _is_png(tmp_path / "plots" / "pareto.png")
     assert "training" not in json.loads((tmp_path / "report.json").read_text())["plots"]
     with pytest.raises(ConfigError):
-        write_report(tmp_path / "other", {"model": "x"})
+        _write(tmp_path / "other", {"model": "x"})
     assert not (tmp_path / "other" / "report.json").exists()
 
 
@@ -108,3 +112,19 @@ def test_summary_table_has_rows() -> None:
     console.print(summary_table(_report()))
     text = console.export_text()
     assert "2.00x" in text and "0.9733" in text and "56,554" in text
+
+
+def test_lost_alignment_is_warned_and_marked() -> None:
+    from hwprune.report.build import _widths
+    from hwprune.training.compact import alignment_warnings
+
+    rows = [{"module": "fc1", "before": 120, "after": 64, "block": 8, "aligned": True},
+            {"module": "fc2", "before": 84, "after": 42, "block": 1, "aligned": True},  # fallback: single channels
+            {"module": "fc", "before": 10, "after": 10, "block": 1, "aligned": True}]  # the output: untouched
+    layers = [{"layer": "fc2", "note": "fallback channel for fc2"}, {"layer": "fc1", "note": ""}]
+    widths = _widths(rows, 8)
+    assert [w["aligned"] for w in widths] == [True, False, True]  # the plot marks fc2 with "!"
+    warnings = alignment_warnings(layers, widths, 8)
+    assert len(warnings) == 2 and all("fc2" in w for w in warnings)
+    assert "84 -> 42" not in warnings[1] and "kept width 42 (from 84) is not a multiple of 8" in warnings[1]
+    assert alignment_warnings(layers, widths, 1) == []  # a profile without blocks has no alignment to lose

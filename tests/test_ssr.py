@@ -8,13 +8,13 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError
 from hwprune.groups import GroupSet, build_groups
+from hwprune.groups.topk import topk_mask
 from hwprune.profiles import load_profile
 from hwprune.sparsity.ssr import (
     AULMConfig,
     AULMState,
     calibrate_multipliers,
     group_index_map,
-    keep_topk,
     row_prox_l20,
     row_prox_l21,
     survive_mask,
@@ -149,13 +149,13 @@ def test_group_index_map_matches_apply_mask() -> None:
         assert torch.equal(t[n] == 0, ~keep[gid[n]])
 
 
-def test_keep_topk_and_calibration_per_scope() -> None:
+def test_topk_mask_and_calibration_per_scope() -> None:
     _, gs = _mlp()
     score = torch.tensor([0.1, 0.9, 0.5, 3.0, 1.0, 2.0, 0.2, 2.5], dtype=torch.float64)
     k = torch.tensor([1, 3])
-    assert keep_topk(gs, k, score).tolist() == [False, True, False, True, False, True, False, True]
+    assert topk_mask(gs, k, score).tolist() == [False, True, False, True, False, True, False, True]
     c = calibrate_multipliers(gs, score, k)
-    assert ((score > c[gs.scope_index]) == keep_topk(gs, k, score)).all()
+    assert ((score > c[gs.scope_index]) == topk_mask(gs, k, score)).all()
     tie = torch.tensor([1.0, 1.0, 0.5, 1, 1, 1, 1, 1], dtype=torch.float64)  # ties: count >= k, never < k
     c = calibrate_multipliers(gs, tie, k)
     counts = gs.to_padded(((tie > c[gs.scope_index])).double()).sum(1)
@@ -174,10 +174,10 @@ def test_calibration_keeps_a_margin_on_both_sides() -> None:
             r = torch.sort(ratio[gs.scope_index == s], descending=True).values
             gap = float(r[1] - r[2])
             assert float(r[1]) - float(c[s]) > 0.25 * gap and float(c[s]) - float(r[2]) > 0.25 * gap
-        assert survive_mask(gs, ratio, c).tolist() == keep_topk(gs, k, ratio).tolist()
+        assert survive_mask(gs, ratio, c).tolist() == topk_mask(gs, k, ratio).tolist()
         # the same decisions survive a perturbation of every ratio by a few ulps either way
         wobble = ratio * (1 + 4e-16 * torch.randn(ratio.shape, generator=g, dtype=torch.float64))
-        assert survive_mask(gs, wobble, c).tolist() == keep_topk(gs, k, ratio).tolist()
+        assert survive_mask(gs, wobble, c).tolist() == topk_mask(gs, k, ratio).tolist()
 
 
 def test_calibrated_f_step_zeroes_exactly_the_rows_the_ratio_drops() -> None:
@@ -193,7 +193,7 @@ def test_calibrated_f_step_zeroes_exactly_the_rows_the_ratio_drops() -> None:
             ratio = survivor_ratio(variant, state.t_norms(), state.lam_g, state.rho)
             c = calibrate_multipliers(gs, ratio, k)
             state.f_step(c, survive_mask(gs, ratio, c))
-            assert (~state.zero_rows()).to(torch.long).tolist() == keep_topk(gs, k, ratio).to(torch.long).tolist()
+            assert (~state.zero_rows()).to(torch.long).tolist() == topk_mask(gs, k, ratio).to(torch.long).tolist()
 
 
 # ---------------------------------------------------------------------------- AULM state

@@ -6,19 +6,20 @@ import json
 
 import click
 
+from hwprune.cli.modelopts import model_input_options
+
 __all__ = ["COMMANDS", "select"]
 
 
 @click.command("select")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.option("--measure", "model", default=None, metavar="MODEL",
-              help="Also prune MODEL under each matching profile and time it here (ONNX Runtime CPU).")
+              help="Also prune MODEL under each matching profile and time it here on the profile's backend.")
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Group sparsity for --measure.")
-@click.option("--input-size", type=int, default=32, show_default=True, help="Image side for --measure.")
-@click.option("--in-channels", type=int, default=3, show_default=True, help="Input channels for --measure.")
+@model_input_options
 @click.option("--iters", type=int, default=None, help="Timed iterations per round (default: the profile's).")
 @click.option("--repeats", type=int, default=None, help="Timing rounds (default: the profile's).")
-def select(as_json: bool, model: str | None, sparsity: float, input_size: int, in_channels: int,
+def select(as_json: bool, model: str | None, sparsity: float, input_size: int, in_channels: int, num_classes: int,
            iters: int | None, repeats: int | None) -> None:
     """Detect this machine and rank the bundled profiles, with the reasons for each score."""
     from hwprune.pipeline.select import measure_profiles
@@ -29,7 +30,7 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
     rows = None
     if model is not None:
         rows = measure_profiles(model, facts, sparsity=sparsity, input_size=input_size, in_channels=in_channels,
-                                iters=iters, repeats=repeats)
+                                num_classes=num_classes, iters=iters, repeats=repeats)
     if as_json:
         out = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked]}
         if rows is not None:
@@ -56,7 +57,14 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
         click.echo(f"{star}{r['profile']:<23} median {r['median_ms']:.4f} ms  p90 {r['p90_ms']:.4f} ms  "
                    f"speed-up {speed}  params {r['params']}  MACs {r['macs']}  ({r['reason']})")
     best = next((r["profile"] for r in rows if r["recommended"]), None)
-    click.echo(f"recommended: {best}" if best else "recommended: none (no profile could be timed here)")
+    click.echo(f"recommended: {best}" if best else "recommended: none (no timed profile removed anything here)")
+    static = next((m.name for m in ranked if m.matched), None)
+    if best and static and best != static:
+        click.echo(f"why the rankings differ: the static ranking (what --profile auto uses; top: {static}) scores how "
+                   "well each profile's device, ISA and runtime match this machine, without timing anything; the "
+                   f"measured one (top: {best}) times {model} pruned at {sparsity:g} under each profile here, at "
+                   "batch 1, so the model's layer widths, the alignment each profile keeps and timing noise decide it. "
+                   f"Use --profile {best} to prune for the measured winner.")
 
 
 COMMANDS: list[click.Command] = [select]

@@ -1,6 +1,7 @@
 """Offline datasets as normalised float32 NCHW ``TensorDataset`` bundles.
 
-``load_dataset(name, *, data_dir=None, image_size=None, train_limit=None, seed=0) -> DatasetBundle``;
+``load_dataset(name, *, data_dir=None, image_size=None, train_limit=None, seed=0, val_fraction=0.0)``
+-> ``DatasetBundle`` (train, optional val carved from train, test);
 names from ``list_datasets()``: digits, mnist-5k, mnist, fashion-mnist, cifar10, imagefolder, synthetic.
 """
 

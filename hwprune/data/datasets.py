@@ -25,6 +25,7 @@ from hwprune.data.bundle import DatasetBundle, finalize, stratified_split
 from hwprune.data.formats import (
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
+    image_folder_splits,
     read_cifar10_dir,
     read_idx,
     read_image_folder,
@@ -136,7 +137,7 @@ def _find_idx(root: Path, split: str, kind: str) -> Path:
 
 
 def _read_idx_dir(name: str, root: Path) -> _Raw:
-    arrays = []
+    arrays: list[np.ndarray] = []
     for split in ("train", "t10k"):
         images = read_idx(_find_idx(root, split, "images"), expected_magic=IDX_IMAGES_MAGIC)
         labels_path = _find_idx(root, split, "labels")
@@ -146,7 +147,8 @@ def _read_idx_dir(name: str, root: Path) -> _Raw:
         if labels.size and (labels.min() < 0 or labels.max() > 9):
             raise DataError(f"{labels_path}: expected labels in 0..9")
         arrays += [images[:, None], labels]
-    return _Raw(*arrays, num_classes=10, scale=255.0)
+    x_train, y_train, x_test, y_test = arrays
+    return _Raw(x_train, y_train, x_test, y_test, num_classes=10, scale=255.0)
 
 
 @_register("mnist")
@@ -179,8 +181,17 @@ def _cifar10(data_dir: Path | None, image_size: int | None, seed: int, options: 
 def _imagefolder(data_dir: Path | None, image_size: int | None, seed: int, options: dict[str, Any]) -> _Raw:
     _no_options("imagefolder", options)
     size = 32 if image_size is None else image_size
-    x, y, classes = read_image_folder(_need_dir("imagefolder", data_dir), size)
-    raw = _split(x, y, seed, len(classes), 255.0)
+    root = _need_dir("imagefolder", data_dir)
+    splits = image_folder_splits(root)
+    if splits is None:  # root/<class>/<image>: a stratified 80/20 train/test split drawn with the data seed
+        x, y, classes = read_image_folder(root, size)
+        raw = _split(x, y, seed, len(classes), 255.0)
+    else:  # root/train/<class>/... and root/val (or test)/<class>/...: the given split is the test split
+        x, y, classes = read_image_folder(splits[0], size)
+        x_te, y_te, _ = read_image_folder(splits[1], size, classes=classes)
+        if x_te.shape[1] != x.shape[1]:  # one split all grayscale, the other RGB: RGB for both
+            x, x_te = (np.repeat(a, 3, axis=1) if a.shape[1] == 1 else a for a in (x, x_te))
+        raw = _Raw(x, y, x_te, y_te, len(classes), 255.0)
     raw.resize_info = {"from": "file", "to": size, "mode": "bilinear"}
     return raw
 
@@ -211,7 +222,7 @@ def _synthetic(data_dir: Path | None, image_size: int | None, seed: int, options
         y = torch.randperm(n, generator=gen) % classes  # balanced classes, learnable class prototypes
         x = 0.5 * protos[y] + torch.randn(n, channels, size, size, generator=gen)
         out += [x.numpy(), y.numpy().astype(np.int64)]
-    return _Raw(*out, num_classes=classes, scale=1.0)
+    return _Raw(out[0], out[1], out[2], out[3], num_classes=classes, scale=1.0)
 
 
 def list_datasets() -> list[str]:
@@ -236,6 +247,7 @@ def load_dataset(
     image_size: int | None = None,
     train_limit: int | None = None,
     seed: int = 0,
+    val_fraction: float = 0.0,
     **options: Any,
 ) -> DatasetBundle:
     """Load a dataset as normalised float32 NCHW tensors.
@@ -247,7 +259,10 @@ def load_dataset(
         image_size: resize (bilinear) images to ``image_size`` x ``image_size``; default native
             (32 for ``imagefolder`` and ``synthetic``).
         train_limit: keep a stratified random subset of this many training images.
-        seed: seeds the 80/20 split (digits, mnist-5k, imagefolder), the subset and synthetic data.
+        seed: the data seed: draws the 80/20 split (digits, mnist-5k, imagefolder), the subset, the
+            validation split and synthetic data.
+        val_fraction: hold out this fraction of the (limited) training images, stratified, as
+            ``DatasetBundle.val`` (0: none). None of the bundled datasets ships a validation split.
         **options: ``synthetic`` only: ``in_channels``, ``num_classes``, ``train_size``, ``test_size``.
 
     Raises:
@@ -272,5 +287,6 @@ def load_dataset(
         image_size=image_size,
         train_limit=train_limit,
         seed=seed,
+        val_fraction=val_fraction,
         resize_info=raw.resize_info,
     )

@@ -22,7 +22,7 @@ __all__ = [
     "read_idx",
     "safe_unpickle",
     "read_cifar10_dir",
-    "read_image_folder",
+    "read_image_folder", "image_folder_splits",
     "IMAGE_EXTENSIONS",
 ]
 
@@ -183,29 +183,41 @@ def _pillow() -> Any:
         ) from exc
 
 
-def read_image_folder(root: Path, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_image_folder(root: Path, image_size: int, classes: list[str] | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read ``root/<class>/<image>`` files, resized (bilinear) to ``image_size`` x ``image_size``.
 
     Images are converted to grayscale (1 channel) when every file is grayscale, else to RGB.
 
+    Args:
+        root: the folder of class subdirectories.
+        image_size: side length of the resized images.
+        classes: the class names in label order (a second split must use the first one's); None:
+            the sorted subdirectories that hold images.
+
     Returns:
-        ``(x, y, class_names)``: uint8 ``(N, C, S, S)``, int64 ``(N,)``, sorted class directory names.
+        ``(x, y, class_names)``: uint8 ``(N, C, S, S)``, int64 ``(N,)``, the class names.
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found (expected class subdirectories of images)")
     image_mod = _pillow()
-    classes: list[str] = []
-    files: list[tuple[Path, int]] = []
+    found: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         imgs = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if imgs:
-            files += [(p, len(classes)) for p in imgs]
-            classes.append(sub.name)
-    if not files:
+            found[sub.name] = imgs
+    if not found:
         raise DataError(
-            f"{root}: no images found (expected class subdirectories with {', '.join(sorted(IMAGE_EXTENSIONS))} files)"
+            f"{root}: no images found (expected class subdirectories with {', '.join(sorted(IMAGE_EXTENSIONS))} "
+            "files, or train/ and val/ (or test/) folders of them)"
         )
+    if classes is None:
+        classes = list(found)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{root}: classes {unknown} are not in the training split (classes: {', '.join(classes)})")
+    files = [(path, classes.index(name)) for name, paths in found.items() for path in paths]
     images = []
     for path, _ in files:
         try:
@@ -223,4 +235,19 @@ def read_image_folder(root: Path, image_size: int) -> tuple[np.ndarray, np.ndarr
         arrays.append(arr[None] if gray else arr.transpose(2, 0, 1))
     x = np.stack(arrays)
     y = np.array([label for _, label in files], dtype=np.int64)
-    return x, y, classes
+    return x, y, list(classes)
+
+
+def image_folder_splits(root: Path) -> tuple[Path, Path] | None:
+    """``(train dir, test dir)`` of a split image folder (``train/`` plus ``test/``, ``val/`` or ``valid/``), or None.
+
+    A folder whose subdirectories are the classes themselves (a single root) gives None.
+    """
+    root = Path(root)
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    for name in ("test", "val", "valid", "validation"):
+        if (root / name).is_dir():
+            return train, root / name
+    return None

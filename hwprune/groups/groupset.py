@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hwprune.base.checks import check_sparsity
 from hwprune.base.errors import ConfigError
 from hwprune.groups.ops import GroupOps, cells_of_scope
 from hwprune.groups.segments import Entry, Layout
@@ -169,8 +170,7 @@ class GroupSet(GroupOps):
 
     def k_for_sparsity(self, sparsity: float) -> Tensor:
         """(S,) long ``ceil((1 - s) * m_s)`` clamped to ``[1, m_s]`` (s = fraction of groups removed)."""
-        if not 0.0 <= float(sparsity) <= 1.0:
-            raise ConfigError(f"sparsity must be in [0, 1], got {sparsity}")
+        sparsity = check_sparsity(sparsity)
         m = self.scope_sizes.to(torch.float64)
         k = torch.ceil(torch.round((1.0 - float(sparsity)) * m, decimals=9)).to(torch.long)
         return torch.minimum(k.clamp_min(1), self.scope_sizes.clamp_min(1))

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from hwprune.base.errors import ConfigError
 from hwprune.groups.segments import Claims, Entry, Layout, Segment, conv_or_linear, macs_per_out_channel, mro_names
+from hwprune.profiles.matching import match_rule
 from hwprune.profiles.schema import (
     Granularity,
     HardwareProfile,
@@ -31,7 +32,6 @@ from hwprune.profiles.schema import (
     NMGranularity,
     NoGranularity,
     UnstructuredGranularity,
-    match_rule,
 )
 
 __all__ = ["resolve_rules", "add_layer_groups", "add_mask_groups", "add_nm_groups"]

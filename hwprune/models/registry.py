@@ -17,7 +17,7 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError
 
-__all__ = ["register_model", "list_models", "create_model", "model_from_spec", "is_model"]
+__all__ = ["register_model", "list_models", "create_model", "model_from_spec", "is_model", "model_defaults"]
 
 _BASE_ARGS = ("num_classes", "in_channels", "input_size")
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -71,6 +71,15 @@ def _resolve(name: str) -> Callable[..., Any]:
         f"unknown model {name!r}{hint}; valid models: {', '.join(list_models())} "
         "(or 'package.module:callable')"
     )
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The builder's own defaults of ``num_classes`` / ``in_channels`` / ``input_size`` (those it declares)."""
+    try:
+        params = inspect.signature(_resolve(name)).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {a: p.default for a in _BASE_ARGS if (p := params.get(a)) is not None and p.default is not p.empty}
 
 
 def _jsonable(value: Any) -> Any:

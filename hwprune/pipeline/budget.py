@@ -11,7 +11,11 @@ others keeps at least one group (surgery never empties a layer). Only removable 
 
 * ``latency_group_costs(gs, table)`` -> ``{entry name: ms saved by removing one group at full
   width}``: the ``latency_table`` argument of ``build_groups`` for ``weight_mode="latency"``.
-* ``choose_k_for_budget(gs, table, budget_ms)`` -> k per scope (greedy; see its docstring).
+* ``choose_k_for_budget(gs, table, budget_ms, staircase=blocks)`` -> k per scope (greedy; see its
+  docstring). With a calibrated staircase (``CalibrationInfo.blocks``) the prediction costs every width
+  like the next multiple of its kind's block (``StepLatencyTable``), the greedy looks ahead a whole
+  block, and a final pass raises each scope to the top of its step where that costs no predicted
+  latency: a width just above a step is never kept, it either drops to the step or fills it.
 * ``run_with_budget(cfg, run_dir, budget, opts)``: table -> k -> the pipeline with those k -> measure
   -> one budget correction if the measurement misses by more than ``BUDGET_TOL``; writes
   ``RUN_DIR/latency_budget.json``. It sits at the pipeline level (imports it lazily).
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +44,8 @@ if TYPE_CHECKING:
     from hwprune.pipeline.steps import PipelineOptions
     from hwprune.training.config import TrainJobConfig
 
-__all__ = ["LatencyPredictor", "latency_group_costs", "choose_k_for_budget", "parse_budget", "run_with_budget",
-           "MIN_WEIGHT_FRAC", "LOOKAHEAD", "BUDGET_TOL"]
+__all__ = ["LatencyPredictor", "latency_group_costs", "choose_k_for_budget", "fill_steps", "parse_budget",
+           "run_with_budget", "MIN_WEIGHT_FRAC", "LOOKAHEAD", "BUDGET_TOL"]
 
 MIN_WEIGHT_FRAC = 1e-3  # latency weights are floored at this fraction of the largest one (groups need d > 0)
 LOOKAHEAD = 4  # greedy looks up to this many removals ahead in a scope (flat steps of a staircase curve)
@@ -119,8 +124,11 @@ class LatencyPredictor:
         for o, i in enumerate(idx):
             j = self.out_ent[i]
             width = self.full_out[i] if j < 0 else self.full_out[i] * (1.0 - removed[j] / totals[j])
-            frac = float(np.prod([1.0 - removed[c] / totals[c] for c in self.in_ents[i]])) if self.in_ents[i] else 1.0
-            out[o] = self.table.cost(self.layers[i], max(width, 1.0)) * frac
+            name = self.layers[i]
+            fracs = [self.table.input_fraction(name, float(totals[c] - removed[c]), float(totals[c]))
+                     for c in self.in_ents[i]]
+            frac = float(np.prod(np.asarray(fracs, dtype=np.float64))) if fracs else 1.0
+            out[o] = self.table.cost(name, max(width, 1.0)) * frac
         return out
 
     def predict(self, k: Tensor) -> float:
@@ -169,8 +177,36 @@ def latency_group_costs(gs: GroupSet, table: LatencyTable) -> dict[str, float]:
     return {n: max(v, floor) for n, v in costs.items()}
 
 
+def _staircase_lookahead(gs: GroupSet, blocks: Mapping[str, int]) -> int:
+    """Removals needed to cross one step: the largest block over the smallest channel group (>= LOOKAHEAD)."""
+    sizes = [len(c) for e in gs.entries if e.removable and e.channels for c in e.channels]
+    return max(LOOKAHEAD, math.ceil(max(blocks.values(), default=1) / max(min(sizes, default=1), 1)))
+
+
+def fill_steps(pred: LatencyPredictor, k: Tensor, lookahead: int) -> Tensor:
+    """Raise each scope's k (by up to ``lookahead`` groups) as far as the predicted latency does not grow.
+
+    With a staircase prediction this keeps the channels that cost nothing (the rest of the current step).
+    Scopes are visited in order; returns a new (S,) tensor.
+    """
+    k = k.clone()
+    total = pred.predict(k)
+    for s in pred.scopes:
+        best = 0
+        for j in range(1, lookahead + 1):
+            if int(k[s]) + j > int(pred.sizes[s]):
+                break
+            trial = k.clone()
+            trial[s] += j
+            if pred.predict(trial) <= total * (1 + 1e-12):
+                best = j
+        k[s] += best
+    return k
+
+
 def choose_k_for_budget(gs: GroupSet, table: LatencyTable, budget_ms: float, *, dense_ms: float | None = None,
-                        importance: Sequence[float] | Tensor | None = None) -> Tensor:
+                        importance: Sequence[float] | Tensor | None = None,
+                        staircase: Mapping[str, int] | None = None) -> Tensor:
     """Groups kept per scope, (S,) long, so that the predicted latency is <= ``budget_ms``.
 
     Greedy: start dense; repeatedly take, over modelled scopes and ``j = 1..LOOKAHEAD`` removals,
@@ -184,12 +220,20 @@ def choose_k_for_budget(gs: GroupSet, table: LatencyTable, budget_ms: float, *, 
         budget_ms: target latency in ms (same units as ``dense_ms`` when given, else as the table sum).
         dense_ms: measured dense latency; predictions are calibrated to it.
         importance: optional per-scope multipliers (S,) > 0.
+        staircase: calibrated block per layer kind (``conv``, ``depthwise``, ``linear``, ``attention_mlp``);
+            see the module docstring. None: the table's interpolated curves as measured.
 
     Raises:
         ConfigError: a non-positive budget, or one that cannot be met with 1 group per scope.
     """
     if not budget_ms > 0:
         raise ConfigError(f"latency budget must be > 0 ms, got {budget_ms}")
+    lookahead = LOOKAHEAD
+    if staircase:
+        from hwprune.runtime.steptable import StepLatencyTable
+
+        table = StepLatencyTable.from_table(table, staircase)
+        lookahead = _staircase_lookahead(gs, staircase)
     pred = LatencyPredictor(gs, table, dense_ms=dense_ms)
     imp = torch.ones(gs.num_scopes, dtype=torch.float64) if importance is None else \
         torch.as_tensor(importance, dtype=torch.float64)
@@ -205,7 +249,7 @@ def choose_k_for_budget(gs: GroupSet, table: LatencyTable, budget_ms: float, *, 
             idx = pred.scope_layers[s]
             r0 = int(pred.sizes[s] - k[s])
             lost = 0.0
-            for j in range(1, min(LOOKAHEAD, int(k[s]) - 1) + 1):
+            for j in range(1, min(lookahead, int(k[s]) - 1) + 1):
                 lost += float(imp[s]) / float(k[s] - j + 1)
                 mat = pred.removed[s]
                 rem_j = rem - mat[min(r0, len(mat) - 1)] + mat[min(r0 + j, len(mat) - 1)]
@@ -220,7 +264,7 @@ def choose_k_for_budget(gs: GroupSet, table: LatencyTable, budget_ms: float, *, 
         k[s] -= j
         costs[pred.scope_layers[s]] = new
         total = pred.scale * float(costs.sum())
-    return k
+    return fill_steps(pred, k, lookahead) if staircase else k
 
 
 _BUDGET_RE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(x|ms)?\s*")
@@ -283,10 +327,11 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
     opts = opts or PipelineOptions()
     run_fn = run_fn or run
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    parse_budget(budget, dense_ms=1.0)  # syntax first: nothing is built or written for a malformed budget
     profile = resolve_profile(cfg.profile)
     _, model, example = data_and_model(cfg)
     spec, note = bench_spec_for(profile, opts)
+    run_dir.mkdir(parents=True, exist_ok=True)
     table = build_latency_table(model, profile, example, bench=table_bench_spec(spec, 1), max_points=max_points,
                                 cache_path=cache_path or default_cache_path(), time_fn=time_fn)
     table.save(run_dir)
@@ -298,10 +343,17 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
     costs = latency_group_costs(gs, table) if profile.weight_mode == "latency" else None
     if profile.weight_mode != "uniform":  # the weights decide which layers a shared scope loses first
         gs = build_groups(model, profile, example, latency_table=costs)
-    pred = LatencyPredictor(gs, table, dense_ms=dense_ms)
-    target, iterations = budget_ms, []
+    stair = dict(profile.calibration.blocks) if profile.calibration is not None else None
+    if stair:
+        from hwprune.runtime.steptable import StepLatencyTable
+
+        pred = LatencyPredictor(gs, StepLatencyTable.from_table(table, stair), dense_ms=dense_ms)
+    else:
+        pred = LatencyPredictor(gs, table, dense_ms=dense_ms)
+    target = budget_ms
+    iterations: list[dict[str, Any]] = []
     for it in range(2):
-        k = choose_k_for_budget(gs, table, target, dense_ms=dense_ms)
+        k = choose_k_for_budget(gs, table, target, dense_ms=dense_ms, staircase=stair)
         predicted = pred.predict(k)
         it_cfg = cfg if it == 0 else cfg.replace(checkpoint=str(run_dir / "dense"))
         run_fn(it_cfg, run_dir, opts=opts, progress=progress, k_override=k, latency_table=costs)
@@ -320,6 +372,7 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
               "miss": last["measured_ms"] / budget_ms - 1.0, "met": last["measured_ms"] <= budget_ms * (1 + tolerance),
               "iterations": iterations, "k_per_scope": dict(zip(gs.scope_names, last["k"], strict=True)),
               "weight_mode": profile.weight_mode, "calibration_scale": pred.scale, "bench_note": note,
+              "staircase": stair, "predicted_widths": pred.widths(torch.as_tensor(last["k"])),
               "table": {"layers": len(table.layers), **{k: v for k, v in table.meta.items() if k != "machine"}}}
     atomic_write_json(run_dir / "latency_budget.json", result)
     if run_fn is run:  # rebuild report.json so that it includes latency_budget.json

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hwprune.base.errors import ConfigError
+from hwprune.base.checks import check_sparsity
 from hwprune.profiles import HardwareProfile
 from hwprune.profiles.machine import MachineFacts, detect_machine, load_all, rank_profiles
 
@@ -18,39 +17,27 @@ __all__ = ["measure_profiles"]
 
 def _measurable(p: HardwareProfile, facts: MachineFacts) -> str | None:
     """None if ``p``'s bench backend runs here, else the reason it cannot."""
+    from hwprune.runtime.availability import backend_problem
+
     b = p.bench
-    if b.backend == "onnxruntime" and b.provider == "cpu":
-        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
-    if b.backend == "tensorrt" and (importlib.util.find_spec("tensorrt") is None or not facts.gpus):
-        return "backend tensorrt/cuda is not available on this machine"
-    if b.backend == "onnxruntime" and b.provider == "cuda":
-        import onnxruntime
-
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            return "onnxruntime has no CUDAExecutionProvider here"
-    return None
+    if b.backend == "tensorrt" and not facts.gpus:
+        return "backend tensorrt/cuda is not available on this machine (no CUDA GPU)"
+    return backend_problem(b.backend, b.provider, need_gpu_check=False)
 
 
-def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict]:
+def _prune_random(model: Any, profile: HardwareProfile, example: Any, sparsity: float) -> tuple[Any, dict[str, Any]]:
     """Zero the lowest-norm removable groups beyond k per scope, then run surgery -> (compact, plan)."""
     import torch
 
     from hwprune.groups import build_groups
+    from hwprune.groups.topk import topk_mask
     from hwprune.surgery.remove import remove_zero_groups
 
     gs = build_groups(model, profile, example, "structured")
-    k = gs.k_for_sparsity(sparsity)
-    norms = gs.norms()
-    drop: list[int] = []
-    for s in range(gs.num_scopes):
-        ids = torch.nonzero((gs.scope_index == s) & gs.removable).flatten()
-        if ids.numel() == 0:
-            continue
-        keep = min(int(k[s]), ids.numel())
-        order = ids[torch.argsort(norms[ids], descending=True, stable=True)]
-        drop.extend(order[keep:].tolist())
-    if drop:
-        gs.zero_(drop)
+    score = torch.where(gs.removable, gs.norms(), torch.full((gs.num_groups,), -torch.inf, dtype=torch.float64))
+    drop = gs.removable & ~topk_mask(gs, gs.k_for_sparsity(sparsity), score)
+    if bool(drop.any()):
+        gs.zero_(torch.nonzero(drop).flatten())
     compact, plan = remove_zero_groups(model, gs, example)
     return compact, plan.to_dict()
 
@@ -77,7 +64,7 @@ def measure_profiles(
     Rows (sorted by ``median_ms``, skipped profiles last): ``profile``, ``score``, ``status``
     (``measured`` | ``skipped``), ``reason``, ``alignment``, ``params``, ``macs``, ``median_ms``,
     ``p90_ms``, ``speedup`` (dense median / pruned median, batch ``batch_size``) and ``recommended``
-    (True on the fastest measured row). A ``dense`` reference row (profile ``"dense"``) is included.
+    (True on the fastest measured row with ``removed`` > 0 channels). A ``dense`` reference row is included.
     ``warmup``/``iters``/``repeats`` override each profile's bench settings (None: the profile's).
     """
     import torch
@@ -86,8 +73,7 @@ def measure_profiles(
     from hwprune.runtime.bench import measure
     from hwprune.runtime.export import to_onnx
 
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}")
+    sparsity = check_sparsity(sparsity)
     facts = facts or detect_machine()
     loaded = {p.name: p for p in load_all(profiles)}
     ranked = [m for m in rank_profiles(facts, list(loaded.values())) if m.matched]
@@ -108,32 +94,43 @@ def measure_profiles(
             params, macs = count_params_and_macs(model, example)
             return {"params": params, "macs": macs, "median_ms": stats.median_ms, "p90_ms": stats.p90_ms}
 
-        cpu_ref = next((loaded[m.name] for m in ranked if _measurable(loaded[m.name], facts) is None
-                        and loaded[m.name].bench.provider == "cpu"), None)
-        dense: dict[str, Any] | None = None
-        if cpu_ref is not None:
-            dense = {"profile": "dense", "score": None, "status": "measured", "reason": "unpruned reference",
-                     "alignment": 1, **timed(fresh(), "dense", cpu_ref)}
-            rows.append(dense)
+        dense_by_backend: dict[str, dict[str, Any]] = {}
+
+        def dense_row(p: HardwareProfile) -> dict[str, Any]:
+            """The unpruned model timed on ``p``'s backend (once per backend; ORT CPU's row is named dense)."""
+            key = f"{p.bench.backend}/{p.bench.provider}"
+            if key not in dense_by_backend:
+                name = "dense" if key == "onnxruntime/cpu" else f"dense@{p.bench.backend}"
+                dense_by_backend[key] = {"profile": name, "backend": p.bench.backend, "score": None,
+                                         "status": "measured", "reason": "unpruned reference", "alignment": 1,
+                                         **timed(fresh(), name.replace("@", "-"), p)}
+                rows.append(dense_by_backend[key])
+            return dense_by_backend[key]
+
         for m in ranked:
             p = loaded[m.name]
-            base = {"profile": p.name, "score": m.score, "alignment": p.alignment}
+            base = {"profile": p.name, "backend": p.bench.backend, "score": m.score, "alignment": p.alignment}
             why = _measurable(p, facts)
             if why is not None:
                 rows.append({**base, "status": "skipped", "reason": why, "params": None, "macs": None,
                              "median_ms": None, "p90_ms": None})
                 continue
+            dense = dense_row(p)
             compact, plan = _prune_random(fresh(), p, example, sparsity)
             removed = sum(len(s.get("idxs", ())) for s in plan["steps"])
-            rows.append({**base, "status": "measured", "reason": f"{removed} channels removed",
-                         **timed(compact, p.name, p)})
+            reason = f"{removed} channels removed" if removed else "removes nothing structurally (a mask profile)"
+            rows.append({**base, "status": "measured", "reason": reason, "removed": removed,
+                         "dense_ms": dense["median_ms"], **timed(compact, p.name, p)})
     for r in rows:
-        ok = r["status"] == "measured" and dense is not None and r["median_ms"]
-        r["speedup"] = dense["median_ms"] / r["median_ms"] if ok else None  # type: ignore[index]
+        ref = r.pop("dense_ms", r["median_ms"] if r["profile"].startswith("dense") else None)
+        ok = r["status"] == "measured" and ref is not None and r["median_ms"]
+        r["speedup"] = ref / r["median_ms"] if ok else None
         r["recommended"] = False
     rows.sort(key=lambda r: (r["status"] != "measured", r["median_ms"] if r["median_ms"] is not None else 0.0,
                              r["profile"]))
-    best = next((r for r in rows if r["status"] == "measured" and r["profile"] != "dense"), None)
+    # never recommend a profile that removes nothing: its speed is the dense model's, whatever the timing noise
+    best = next((r for r in rows if r["status"] == "measured" and not r["profile"].startswith("dense")
+                 and r.get("removed")), None)
     if best is not None:
         best["recommended"] = True
     return rows

@@ -1,8 +1,16 @@
-"""Profile files: the bundled profiles directory, listing, and loading by name or path."""
+"""Profile files: the bundled profiles directory, the user's profile directory, listing, loading by name or path.
+
+The user's profile directory (where ``hwprune profile calibrate`` writes by default) is
+``$HWPRUNE_PROFILE_DIR`` if set, else ``$XDG_CONFIG_HOME/hwprune/profiles``, else
+``~/.config/hwprune/profiles``. Its ``*.yaml`` profiles load by name like bundled ones (a bundled
+name wins) and take part in ``hwprune select`` and ``--profile auto``.
+"""
 
 from __future__ import annotations
 
 import importlib.resources
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +25,44 @@ from hwprune.profiles.schema import HardwareProfile
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["bundled_profiles_dir", "list_profiles", "load_profile"]
+__all__ = ["bundled_profiles_dir", "user_profiles_dir", "list_profiles", "list_user_profiles", "load_profile",
+           "load_user_profiles"]
+
+log = logging.getLogger(__name__)
 
 _SUFFIXES = (".yaml", ".yml")
+
+
+def user_profiles_dir() -> Path:
+    """``$HWPRUNE_PROFILE_DIR``, else ``$XDG_CONFIG_HOME/hwprune/profiles``, else ``~/.config/hwprune/profiles``."""
+    env = os.environ.get("HWPRUNE_PROFILE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".config") / "hwprune" / "profiles"
+
+
+def _user_files() -> dict[str, Path]:
+    root = user_profiles_dir()
+    if not root.is_dir():
+        return {}
+    return {p.name.rsplit(".", 1)[0]: p for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(_SUFFIXES)}
+
+
+def list_user_profiles() -> list[Path]:
+    """YAML files in :func:`user_profiles_dir` (sorted; empty when the directory does not exist)."""
+    return list(_user_files().values())
+
+
+def load_user_profiles() -> list[HardwareProfile]:
+    """Every valid profile in the user's profile directory; invalid files are skipped with a warning."""
+    out = []
+    for path in list_user_profiles():
+        try:
+            out.append(load_profile(path))
+        except ConfigError as exc:
+            log.warning("skipping invalid user profile %s: %s", path, exc)
+    return out
 
 
 def bundled_profiles_dir() -> Traversable:
@@ -75,11 +118,14 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     elif name_or_path in bundled:
         entry = bundled[name_or_path]
         return _load_text(entry.read_text(encoding="utf-8"), str(entry), name_or_path)
+    elif name_or_path in (user := _user_files()):
+        path = user[name_or_path]
     elif Path(name_or_path).is_file():
         path = Path(name_or_path)
     else:
         raise ConfigError(f"unknown profile {name_or_path!r}{suggest(name_or_path, bundled)}; "
-                          f"bundled profiles: {valid}; or pass a path to a .yaml file")
+                          f"bundled profiles: {valid}; user profiles in {user_profiles_dir()}: "
+                          f"{', '.join(sorted(user)) or 'none'}; or pass a path to a .yaml file")
     if not path.exists():
         raise ConfigError(f"profile file not found: {path}; bundled profiles: {valid}")
     if path.is_dir():

@@ -11,6 +11,12 @@ match every machine with a low score. Scores (higher = more specific):
   (from its compute capability) equals the profile's ``arch``, ``-CUDA_CHIP_PENALTY`` if the profile
   names a chip-specific capability (minor != 0, e.g. Jetson Orin's 8.7) that differs from the GPU's.
 
+A profile written by ``hwprune profile calibrate`` (it has a ``calibration`` block) matches only
+the machine it was measured on (same CPU model and core count; same GPU for cuda) and then scores
+``CALIBRATED_SCORE`` above what its device section alone would score, so ``--profile auto`` prefers
+a calibration of this machine over every bundled profile. Calibrated profiles are read from the
+user's profile directory (``hwprune.profiles.io.user_profiles_dir``).
+
 Ties are broken by profile name. :func:`hwprune.pipeline.select.measure_profiles` times every matching
 profile's pruned model on THIS machine and recommends the fastest.
 """
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hwprune.base.errors import ConfigError
-from hwprune.profiles.io import list_profiles, load_profile
+from hwprune.profiles.io import list_profiles, load_profile, load_user_profiles
 from hwprune.profiles.schema import HardwareProfile, NoGranularity
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "CUDA_BASE_SCORE",
     "CUDA_FAMILY_BONUS",
     "CUDA_CHIP_PENALTY",
+    "CALIBRATED_SCORE",
     "cuda_family",
     "facts_from_cpuinfo",
     "detect_machine",
@@ -54,6 +61,7 @@ CPU_ISA_SCORE = 5.0
 CUDA_BASE_SCORE = 100.0
 CUDA_FAMILY_BONUS = 30.0
 CUDA_CHIP_PENALTY = 20.0
+CALIBRATED_SCORE = 1000.0
 
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 _VENDORS = {"genuineintel": "intel", "authenticamd": "amd", "hygongenuine": "hygon", "0x41": "arm",
@@ -210,6 +218,22 @@ def _match_cuda(p: HardwareProfile, facts: MachineFacts) -> ProfileMatch:
 
 def match_profile(profile: HardwareProfile, facts: MachineFacts) -> ProfileMatch:
     """Score one profile against ``facts``; ``reasons`` says why it matched or not."""
+    cal = profile.calibration
+    if cal is None:
+        return _match_device(profile, facts)
+    gpu = max(facts.gpus, key=lambda g: _cc(g[1]))[0] if facts.gpus else None
+    where = f"calibrated on {cal.cpu_model} ({cal.cores} cores{', ' + cal.gpu if cal.gpu else ''})"
+    if not cal.matches_machine(facts.cpu_model, facts.cores, gpu):
+        here = f"{facts.cpu_model} ({facts.cores} cores{', ' + gpu if gpu else ''})"
+        return ProfileMatch(profile.name, 0.0, False, [f"{where}; this machine is {here}"])
+    base = _match_device(profile, facts)
+    if not base.matched:
+        return base
+    note = f"{where} = this machine, {cal.backend} {cal.threads} thread(s) (+{CALIBRATED_SCORE:g})"
+    return ProfileMatch(profile.name, base.score + CALIBRATED_SCORE, True, [note, *base.reasons])
+
+
+def _match_device(profile: HardwareProfile, facts: MachineFacts) -> ProfileMatch:
     dev = profile.device
     if dev.kind == "cuda":
         return _match_cuda(profile, facts)
@@ -219,7 +243,7 @@ def match_profile(profile: HardwareProfile, facts: MachineFacts) -> ProfileMatch
         reasons.append("groups are removable by surgery (+1)" if bonus
                        else "some groups are masks/kernel shapes, not removable (+0)")
         return ProfileMatch(profile.name, GENERIC_SCORE + bonus, True, reasons)
-    reasons: list[str] = []
+    reasons = []
     ok = True
     want_arch = _norm_arch(dev.arch)
     if want_arch != "any":
@@ -241,9 +265,19 @@ def match_profile(profile: HardwareProfile, facts: MachineFacts) -> ProfileMatch
 
 
 def load_all(profiles: Sequence[HardwareProfile | str] | None) -> list[HardwareProfile]:
-    """The given profiles (names are loaded), or every bundled profile when None."""
-    names: Sequence[HardwareProfile | str] = list_profiles() if profiles is None else profiles
-    return [p if isinstance(p, HardwareProfile) else load_profile(p) for p in names]
+    """The given profiles (names are loaded), or every bundled and user profile when None.
+
+    A user profile whose name equals a bundled one (or an earlier user profile) is left out.
+    """
+    if profiles is not None:
+        return [p if isinstance(p, HardwareProfile) else load_profile(p) for p in profiles]
+    out = [load_profile(n) for n in list_profiles()]
+    seen = {p.name for p in out}
+    for p in load_user_profiles():
+        if p.name not in seen:
+            out.append(p)
+            seen.add(p.name)
+    return out
 
 
 def rank_profiles(facts: MachineFacts, profiles: Sequence[HardwareProfile | str] | None = None) -> list[ProfileMatch]:

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from hwprune.base.errors import ConfigError
+from hwprune.profiles.calibration import calibration_from_dict, calibration_to_dict
 from hwprune.profiles.checks import FieldError, describe, suggest
 from hwprune.profiles.schema import (
     GRANULARITY_TYPES,
@@ -22,7 +23,8 @@ from hwprune.profiles.schema import (
 
 __all__ = ["parse_profile", "profile_from_dict", "granularity_to_dict", "profile_to_dict", "profile_to_yaml"]
 
-_TOP_KEYS = ("schema_version", "name", "description", "device", "bench", "weight_mode", "scope", "rules", "notes")
+_TOP_KEYS = ("schema_version", "name", "description", "device", "bench", "weight_mode", "scope", "rules", "notes",
+             "calibration")
 _DEVICE_KEYS = ("kind", "vendor", "arch", "isa", "min_compute_capability", "description")
 _BENCH_KEYS = ("backend", "provider", "precision", "batch_sizes", "warmup", "iters", "repeats", "threads")
 _RULE_KEYS = ("match", "granularity", "fallback", "optional")
@@ -123,7 +125,13 @@ def parse_profile(data: Any, source: str = "<dict>") -> HardwareProfile:
     bench = d.get("bench")
     if bench is not None:
         ctx.keys(ctx.mapping(bench, "bench"), "bench", _BENCH_KEYS)
-    optional = {k: d[k] for k in ("weight_mode", "scope") if k in d}
+    optional: dict[str, Any] = {k: d[k] for k in ("weight_mode", "scope") if k in d}
+    if d.get("calibration") is not None:
+        cal = ctx.mapping(d["calibration"], "calibration")
+        try:
+            optional["calibration"] = calibration_from_dict(cal)
+        except FieldError as exc:
+            raise ctx.error(f"calibration.{exc.field}", exc.detail) from None
     profile: HardwareProfile = ctx.build(
         HardwareProfile, "", name=d["name"], schema_version=d["schema_version"],
         description=d.get("description") or "", device=ctx.build(DeviceSpec, "device", **dev),
@@ -163,9 +171,12 @@ def profile_to_dict(p: HardwareProfile) -> dict[str, Any]:
     bench = {"backend": b.backend, "provider": b.provider, "precision": b.precision,
              "batch_sizes": list(b.batch_sizes), "warmup": b.warmup, "iters": b.iters,
              "repeats": b.repeats, "threads": b.threads}
-    return {"schema_version": p.schema_version, "name": p.name, "description": p.description,
-            "device": device, "bench": bench, "weight_mode": p.weight_mode, "scope": p.scope,
-            "rules": rules, "notes": p.notes}
+    out = {"schema_version": p.schema_version, "name": p.name, "description": p.description,
+           "device": device, "bench": bench, "weight_mode": p.weight_mode, "scope": p.scope,
+           "rules": rules, "notes": p.notes}
+    if p.calibration is not None:
+        out["calibration"] = calibration_to_dict(p.calibration)
+    return out
 
 
 def profile_to_yaml(p: HardwareProfile) -> str:

@@ -9,11 +9,12 @@ within each phase, and ``none`` rules apply to both phases. Pure Python + PyYAML
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from hwprune.base.errors import ConfigError
+from hwprune.profiles.calibration import CalibrationInfo
 from hwprune.profiles.checks import (
     FieldError,
     as_tuple,
@@ -43,9 +44,6 @@ __all__ = [
     "DeviceSpec",
     "BenchSpec",
     "HardwareProfile",
-    "match_rule",
-    "rule_matches",
-    "unmatched_rules",
 ]
 
 SCHEMA_VERSION = 1
@@ -268,7 +266,7 @@ class DeviceSpec:
         check_str(self, "description")
 
 
-_BACKENDS = ("onnxruntime", "tensorrt")
+_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 _PROVIDERS = ("cpu", "cuda")
 _PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -277,7 +275,7 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 class BenchSpec:
     """How to time an exported model: runtime, provider, precision, batch sizes, loop counts."""
 
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    backend: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime"
     provider: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     batch_sizes: tuple[int, ...] = (1, 32)
@@ -302,6 +300,8 @@ class BenchSpec:
         check_int(self, "threads", 0)
         if self.backend == "tensorrt" and self.provider != "cuda":
             raise FieldError("BenchSpec", "provider", "backend 'tensorrt' needs provider 'cuda'")
+        if self.backend == "openvino" and self.provider != "cpu":
+            raise FieldError("BenchSpec", "provider", "backend 'openvino' runs on provider 'cpu' (its CPU device)")
 
 
 _WEIGHT_MODES = ("uniform", "size", "flops", "latency")
@@ -323,6 +323,7 @@ class HardwareProfile:
     bench: BenchSpec = field(default_factory=BenchSpec)
     notes: str = ""
     source: str = field(default="<dict>", compare=False)
+    calibration: CalibrationInfo | None = None  # set on profiles measured by ``hwprune profile calibrate``
 
     def __post_init__(self) -> None:
         check_str(self, "name", nonempty=True)
@@ -349,6 +350,9 @@ class HardwareProfile:
             raise FieldError("HardwareProfile", "bench",
                              f"bench provider 'cuda' needs device kind 'cuda' (got '{self.device.kind}')")
         check_str(self, "notes")
+        if self.calibration is not None and not isinstance(self.calibration, CalibrationInfo):
+            raise FieldError("HardwareProfile", "calibration", f"expected CalibrationInfo, got "
+                             f"{describe(self.calibration)}")
 
     def rules_for_phase(self, phase: str) -> tuple[LayerRule, ...]:
         """Rules that act in ``phase`` ("structured" or "nm"), in order; ``none`` rules are in both."""
@@ -376,25 +380,3 @@ class HardwareProfile:
 def _check_phase(phase: str) -> None:
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}{suggest(str(phase), PHASES)}; valid: {', '.join(PHASES)}")
-
-
-# ----------------------------------------------------------------------------- matching
-def rule_matches(rule: LayerRule, name: str, type_names: Sequence[str]) -> bool:
-    """Function form of :meth:`LayerRule.matches`."""
-    return rule.matches(name, type_names)
-
-
-def match_rule(profile: HardwareProfile, phase: str, name: str, type_names: Sequence[str]) -> LayerRule | None:
-    """First rule of ``phase`` that matches module ``name`` (MRO class names ``type_names``), else None."""
-    for rule in profile.rules_for_phase(phase):
-        if rule.matches(name, type_names):
-            return rule
-    return None
-
-
-def unmatched_rules(profile: HardwareProfile, phase: str,
-                    module_records: Iterable[tuple[str, Sequence[str]]]) -> list[LayerRule]:
-    """Non-optional rules of ``phase`` that match none of ``module_records`` ((name, type_names) pairs)."""
-    records = [(name, tuple(types)) for name, types in module_records]
-    return [r for r in profile.rules_for_phase(phase)
-            if not r.optional and not any(r.matches(n, t) for n, t in records)]

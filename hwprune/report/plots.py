@@ -60,13 +60,14 @@ def _num(v: Any) -> float:
 def plot_training(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Loss, accuracy and nonzero groups per epoch, epochs numbered across phases, phases shaded.
 
-    Uses ``train_loss``/``eval_loss``, ``train_acc``/``eval_acc``, ``nonzero_groups`` where present;
-    missing fields leave gaps (a panel with no data says so).
+    Uses ``train_loss``/``val_loss``, ``train_acc``/``val_acc`` (validation split; ``eval_*`` from a
+    plain ``fit`` log), ``nonzero_groups`` where present; missing fields leave gaps (a panel with no
+    data says so).
     """
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     xs = list(range(len(records)))
-    series = (("loss", ("train_loss", "eval_loss")), ("accuracy", ("train_acc", "eval_acc")),
+    series = (("loss", ("train_loss", "val_loss", "eval_loss")), ("accuracy", ("train_acc", "val_acc", "eval_acc")),
               ("nonzero groups", ("nonzero_groups",)))
     spans: list[tuple[str, int, int]] = []
     for i, rec in enumerate(records):

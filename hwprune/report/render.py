@@ -2,14 +2,15 @@
 
 The pipeline fills a :class:`RunReport` dict; :func:`write_report` validates it, adds derived numbers
 (speed-up per batch size, MAC reduction, speed-up / MAC reduction, achieved sparsity per scope),
-draws the plots into ``RUN_DIR/plots/`` and writes ``RUN_DIR/report.json`` and ``RUN_DIR/report.md``
-atomically. Latencies are milliseconds; accuracies are fractions in [0, 1]; MACs are per sample.
+draws the plots and writes the JSON and Markdown reports atomically (a run's paths: its ``RunDir``).
+Latencies are milliseconds; accuracies are fractions in [0, 1]; MACs are per sample.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -51,8 +52,15 @@ class RunReport(TypedDict, total=False):
     ``hwprune.runtime.bench.LatencyStats.to_dict()`` rows, one per batch size), ``environment``
     (``hwprune.runtime.envinfo.collect_env()``), ``versions`` (package -> version), ``timings`` (step -> s).
     Optional: ``run_dir``, ``created``, ``widths`` (surgery plan widths), ``sweep`` (Pareto points
-    ``{label, accuracy, latency_ms, kind}``), ``notes``. Added by :func:`derive`: ``speedup``,
-    ``mac_reduction``, ``param_reduction``, ``plots``.
+    ``{label, accuracy, latency_ms, kind}``), ``notes``, ``accuracy_of`` (``{split, dense, pruned,
+    test_images}``: the split and the models ``accuracy`` was measured on), ``val_accuracy`` (per stage
+    on the validation split, with ``val_images``), ``splits``, ``finetuned_model`` (compact/masked),
+    ``staircase_widths`` (calibrated profiles: per layer the kept width against the measured staircase,
+    ``hwprune.runtime.steptable.kept_vs_staircase``), ``timing`` (``{profile, timed, same_as_profile,
+    fallback_note}``: backend/provider/precision asked for and used), ``selection`` (``{zeroed_by, text}``:
+    which step removed the groups), ``sparsity`` (``{budget, requested, achieved}``), ``warnings``
+    (granularity fallbacks, lost alignment).
+    Added by :func:`derive`: ``speedup``, ``mac_reduction``, ``param_reduction``, ``plots``.
     """
 
     schema_version: int
@@ -155,16 +163,30 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     """``report.md`` text for a derived report (see :func:`derive`)."""
     r = report
     md = [f"# hwprune run: {r['model']} on {r['data']} for {r['profile']}", ""]
-    md += ["## Summary", ""] + _table(["profile", "model", "data", "method", "sparsity target"],
-                                      [[r["profile"], r["model"], r["data"], r["method"], r["sparsity_target"]]])
-    md += _table(["scope", "groups", "target kept (k)", "kept", "target sparsity", "achieved sparsity"],
-                 [[s["name"], s["total"], s["k"], s["nonzero"], 1 - s["k"] / s["total"] if s["total"] else None,
-                   1 - s["nonzero"] / s["total"] if s["total"] else None] for s in r["scopes"]])
+    sp = r.get("sparsity") or {}
+    asked = "per-scope k (latency budget)" if sp.get("budget") == "k_per_scope" else _f(r["sparsity_target"])
+    md += ["## Summary", ""] + _table(["profile", "model", "data", "method", "requested sparsity"],
+                                      [[r["profile"], r["model"], r["data"], r["method"], asked]])
+    md += _timing_lines(r)
+    md += _table(["scope", "groups", "target kept (k)", "kept", "requested sparsity", "target sparsity (from k)",
+                  "achieved sparsity", "removed by"],
+                 [[s["name"], s["total"], s["k"], s["nonzero"], sp.get("requested"),
+                   1 - s["k"] / s["total"] if s["total"] else None,
+                   1 - s["nonzero"] / s["total"] if s["total"] else None,
+                   ", ".join(f"{c} {n}" for c, n in (s.get("zeroed_by") or {}).items() if n) or "-"]
+                  for s in r["scopes"]])
+    if (r.get("selection") or {}).get("text"):
+        md += [f"Who chose the groups: {r['selection']['text']} (k = ceil((1 - s) * groups) per scope; `prox` = "
+               "the method's proximal step, `halfspace` = the half-space step, `finalize` = the method's own top-k, "
+               "`projection` = the final top-k projection, `dead` = zero before the sparse phase).", ""]
+    for w in r.get("warnings", []):
+        md += [f"**Warning:** {w}", ""]
     md += ["## Accuracy, size, compute", ""]
     md += _table(["", "dense", "pruned", "ratio dense/pruned"],
                  [["accuracy", r["accuracy"]["dense"], r["accuracy"]["pruned"], "-"],
                   ["params", r["params"]["dense"], r["params"]["pruned"], r.get("param_reduction")],
                   ["MACs / sample", r["macs"]["dense"], r["macs"]["pruned"], r.get("mac_reduction")]])
+    md += _accuracy_notes(r)
     md += ["## Latency (ms)", ""]
     rows = []
     for kind in ("dense", "pruned"):
@@ -182,6 +204,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     md += ["## Versions", ""] + _table(["package", "version"], [[k, _f(v)] for k, v in r["versions"].items()])
     if r.get("plots"):
         md += ["## Plots", ""] + [f"![{name}]({rel})" for name, rel in r["plots"].items()] + [""]
+    md += _nm_lines(r)
     if r.get("latency_budget"):
         lb = r["latency_budget"]
         md += ["## Latency budget (batch 1)", ""] + _table(
@@ -191,9 +214,61 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         md += [f"Budget {_f(lb['budget_ms'])} ms (dense {_f(lb['dense_ms'])} ms): final predicted "
                f"{_f(lb['predicted_ms'])} ms, measured {_f(lb['measured_ms'])} ms, miss {lb['miss']:+.1%}, "
                f"met: {lb['met']}.", ""]
+    if r.get("staircase_widths"):
+        sw = r["staircase_widths"]
+        rows = [[w["module"], w["kind"], w["before"], w["after"], w["block"], w["step_width"],
+                 "yes" if w["on_step"] else "NO"] for w in sw["layers"]]
+        off = sum(not w["on_step"] for w in sw["layers"])
+        md += ["## Kept widths vs the measured staircase", ""] + _table(
+            ["layer", "kind", "full width", "kept", "staircase block", "costs like", "on a step"], rows)
+        md += [f"Blocks measured by `hwprune profile calibrate` ({sw['backend']}, {sw['threads']} thread(s), batch "
+               f"{sw['batch']}): {json.dumps(sw['blocks'])}; {off} of {len(rows)} layers kept a width off a step.", ""]
     if r.get("notes"):
         md += ["## Notes", "", str(r["notes"]), ""]
     return "\n".join(md)
+
+
+def _timing_lines(r: Mapping[str, Any]) -> list[str]:
+    """What the profile asked to be timed on vs what was timed (a loud line when they differ)."""
+    t = r.get("timing")
+    if not t:
+        return []
+    asked, timed = ("/".join(str(d.get(k)) for k in ("backend", "provider", "precision")) for d in (t["profile"],
+                                                                                                     t["timed"]))
+    if t.get("same_as_profile"):
+        return [f"Timed on {timed}, the profile's backend.", ""]
+    return [f"**Timed on {timed}, NOT on the profile's {asked}:** {t.get('fallback_note') or ''}", ""]
+
+
+def _nm_lines(r: Mapping[str, Any]) -> list[str]:
+    """The N:M phase: validation accuracy before it, after its projection and after its fine-tune."""
+    nm = r.get("nm")
+    if not nm:
+        return []
+    v = nm.get("val_accuracy") or {}
+    return ["## N:M phase", ""] + _table(
+        ["pattern", "layers", "val. accuracy before", "after the N:M projection", "after the N:M fine-tune",
+         "test accuracy (final)"],
+        [[nm["pattern"], len(nm.get("layers", [])), v.get("dense"), v.get("projected"), v.get("final"),
+          nm.get("test_accuracy")]])
+
+
+def _accuracy_notes(r: Mapping[str, Any]) -> list[str]:
+    """Which model and split each accuracy belongs to, and the validation accuracy of every stage."""
+    of = r.get("accuracy_of")
+    if not of:
+        return []
+    val = r.get("val_accuracy") or {}
+    lines = [f"Accuracy: top-1 on the {of['split']} split ({_f(of.get('test_images'))} images), measured once at the "
+             f"end for the `{of['dense']}` model and the exported `{of['pruned']}` model; the per-epoch curves and "
+             f"the stage accuracies below use the validation split ({_f(val.get('val_images'))} images carved from "
+             f"the training data, data seed {_f((r.get('splits') or {}).get('data_seed'))}).", ""]
+    if val.get("val_images"):
+        finetuned = r.get("finetuned_model", "compact")
+        lines += _table(["validation accuracy", "dense", "after sparse phase", "after projection",
+                         f"after fine-tune ({finetuned})"],
+                        [["", val.get("dense"), val.get("sparse"), val.get("projected"), val.get("final")]])
+    return lines
 
 
 def _pareto_points(r: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -206,40 +281,37 @@ def _pareto_points(r: Mapping[str, Any]) -> list[dict[str, Any]]:
     return pts + [dict(p) for p in r.get("sweep", [])]
 
 
-def write_report(run_dir: Path, report: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Validate ``report``, draw ``plots/*.png``, write ``report.json`` and ``report.md``; returns both paths.
+def write_report(report: Mapping[str, Any], *, json_path: Path, md_path: Path, plots_dir: Path,
+                 log_path: Path | None = None) -> tuple[Path, Path]:
+    """Validate ``report``, draw the plots, write ``json_path`` and ``md_path``; returns both paths.
 
-    Plots: ``training.png`` from ``RUN_DIR/train_log.jsonl`` (if present), ``widths.png`` from
-    ``report["widths"]`` or ``RUN_DIR/surgery_plan.json``, ``pareto.png`` from the dense/pruned
-    points (smallest batch) plus ``report["sweep"]``.
+    Plots in ``plots_dir``: ``training.png`` from the JSON-lines log at ``log_path`` (if given and
+    present), ``widths.png`` from ``report["widths"]``, ``pareto.png`` from the dense/pruned points
+    (smallest batch) plus ``report["sweep"]``. The report records them relative to ``json_path``'s
+    directory. A run's paths come from its ``RunDir`` (``report_paths``, ``plots_dir``, ``log_path``).
     """
     from hwprune.report import plots
 
-    run_dir = Path(run_dir)
     out = derive(report)
+    root = Path(json_path).parent
     made: dict[str, str] = {}
-    log = run_dir / "train_log.jsonl"
-    if log.is_file():
-        records = plots.read_log(log)
+
+    def rel(p: Path) -> str:
+        return Path(os.path.relpath(p, root)).as_posix()
+
+    if log_path is not None and Path(log_path).is_file():
+        records = plots.read_log(Path(log_path))
         if records:
-            plots.plot_training(records, run_dir / "plots" / "training.png")
-            made["training"] = "plots/training.png"
-    widths = out.get("widths")
-    plan = run_dir / "surgery_plan.json"
-    if widths is None and plan.is_file():
-        widths = json.loads(plan.read_text()).get("widths")
-    if widths:
-        plots.plot_widths(widths, run_dir / "plots" / "widths.png")
-        made["widths"] = "plots/widths.png"
+            made["training"] = rel(plots.plot_training(records, Path(plots_dir) / "training.png"))
+    if out.get("widths"):
+        made["widths"] = rel(plots.plot_widths(out["widths"], Path(plots_dir) / "widths.png"))
     points = _pareto_points(out)
     if points:
-        plots.plot_pareto(points, run_dir / "plots" / "pareto.png")
-        made["pareto"] = "plots/pareto.png"
+        made["pareto"] = rel(plots.plot_pareto(points, Path(plots_dir) / "pareto.png"))
     out["plots"] = made
-    json_path, md_path = run_dir / "report.json", run_dir / "report.md"
     atomic_write_json(json_path, out)
     atomic_write_text(md_path, render_markdown(out))
-    return json_path, md_path
+    return Path(json_path), Path(md_path)
 
 
 def summary_table(report: Mapping[str, Any]) -> Table:
@@ -247,7 +319,13 @@ def summary_table(report: Mapping[str, Any]) -> Table:
     from rich.table import Table
 
     r = derive(report) if "speedup" not in report else report
-    t = Table(title=f"{r['model']} / {r['data']} / {r['profile']} ({r['method']}, sparsity {r['sparsity_target']:g})")
+    lb = r.get("latency_budget")
+    target = f"latency budget {lb['budget_ms']:.4g} ms" if lb else f"sparsity {r['sparsity_target']:g}"
+    timed = (r.get("timing") or {}).get("timed") or {}
+    on = "/".join(str(timed.get(k)) for k in ("backend", "provider", "precision")) if timed else "?"
+    same = (r.get("timing") or {}).get("same_as_profile", True)
+    t = Table(title=f"{r['model']} / {r['data']} / {r['profile']} ({r['method']}, {target}); timed on {on}"
+              f"{'' if same else ' (NOT the profile backend)'}")
     for col in ("metric", "dense", "pruned", "ratio"):
         t.add_column(col, justify="right" if col != "metric" else "left")
     t.add_row("accuracy", f"{r['accuracy']['dense']:.4f}", f"{r['accuracy']['pruned']:.4f}", "")

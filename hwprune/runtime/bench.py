@@ -14,13 +14,11 @@ because CPU timings move by 10-20 % between runs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,11 +32,15 @@ from hwprune.base.errors import (
     NumericalMismatchError,
 )
 from hwprune.base.optional import import_optional
+from hwprune.runtime.availability import require_backend
+from hwprune.runtime.onnxfile import check_onnx_file
+from hwprune.runtime.stats import LatencyStats, round_order, summarize
 
 if TYPE_CHECKING:
     from hwprune.profiles import BenchSpec
 
-__all__ = ["LatencyStats", "BenchWorkerError", "BACKENDS", "measure", "compare", "summarize", "run_request"]
+__all__ = ["LatencyStats", "BenchWorkerError", "BACKENDS", "measure", "measure_many", "compare", "summarize",
+           "run_request", "round_order"]
 
 DEFAULT_TIMEOUT_S = 900.0
 _INPUT_SEED = 0
@@ -49,107 +51,40 @@ class BenchWorkerError(HwpruneError, RuntimeError):
     """The timing subprocess failed, timed out or returned malformed output (message has its stderr tail)."""
 
 
-@dataclass
-class LatencyStats:
-    """Latency of one model at one batch size; times in milliseconds, throughput in samples/s."""
-
-    backend: str
-    provider: str
-    precision: str
-    batch: int
-    threads: int
-    warmup: int
-    iters: int
-    repeats: int
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    throughput_per_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
-        """Inverse of ``to_dict``; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown LatencyStats keys {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**d)
-
-
-def summarize(rounds_ms: Sequence[Sequence[float]], *, batch: int, meta: dict[str, Any]) -> LatencyStats:
-    """Reduce per-iteration latencies of several rounds to ``LatencyStats`` (median over rounds of each statistic).
-
-    The median over rounds is monotone, so ``min <= median <= p90 <= p99`` holds.
-    """
-    arrs = [np.asarray(r, dtype=np.float64) for r in rounds_ms]
-    if not arrs or any(a.size == 0 for a in arrs):
-        raise ConfigError("no timing samples: iters and repeats must be >= 1")
-    per = np.array([[np.median(a), np.percentile(a, 90), np.percentile(a, 99), a.mean(), a.std()] for a in arrs])
-    med, p90, p99, mean, std = (float(v) for v in np.median(per, axis=0))
-    return LatencyStats(
-        **meta, batch=batch, median_ms=med, p90_ms=p90, p99_ms=p99, mean_ms=mean, std_ms=std,
-        min_ms=float(min(a.min() for a in arrs)), throughput_per_s=batch * 1000.0 / med if med > 0 else float("inf"),
-        extra={"round_medians_ms": [float(v) for v in per[:, 0]]},
-    )
-
-
 # --------------------------------------------------------------------------- worker side (runs in the subprocess)
-
-_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-
-
 def _feeds(inputs: Sequence[Any], batch: int, input_shape: Sequence[int] | None) -> dict[str, np.ndarray]:
     """Random numpy inputs for ORT ``NodeArg``s with the batch dim (dim 0) set to ``batch``."""
-    rng = np.random.default_rng(_INPUT_SEED)
-    feeds = {}
-    for inp in inputs:
-        dims = list(inp.shape)
-        if isinstance(dims[0], int) and dims[0] != batch:
-            raise ConfigError(f"input '{inp.name}' has a fixed batch of {dims[0]}, cannot time batch {batch}; "
-                              "export with a dynamic batch axis")
-        rest = list(input_shape) if input_shape is not None else dims[1:]
-        if len(rest) != len(dims) - 1 or not all(isinstance(d, int) for d in rest):
-            raise ConfigError(f"input '{inp.name}' has shape {inp.shape}; pass input_shape (without batch) "
-                              f"with {len(dims) - 1} integer dims")
-        dtype = _NP_DTYPES.get(inp.type)
-        if dtype is None:
-            raise ConfigError(f"input '{inp.name}' has unsupported type {inp.type}; valid: {sorted(_NP_DTYPES)}")
-        feeds[inp.name] = rng.standard_normal([batch, *rest]).astype(dtype)
-    return feeds
+    from hwprune.runtime.feeds import InputSpec, random_feeds
+
+    specs = [InputSpec(i.name, tuple(d if isinstance(d, int) else None for d in i.shape), i.type) for i in inputs]
+    return random_feeds(specs, batch, input_shape, seed=_INPUT_SEED)
 
 
 def _ort_providers(ort: Any, provider: str) -> list[str]:
-    if provider == "cpu":
-        return ["CPUExecutionProvider"]
-    if provider == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise MissingBackendError(
-                f"onnxruntime has no CUDAExecutionProvider (available: {ort.get_available_providers()}); "
-                "install it with: pip install 'hwprune[onnx-gpu]'")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ConfigError(f"unknown provider '{provider}'; valid: cpu, cuda")
+
+    require_backend("onnxruntime", provider)
+    return ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _time_ort_round(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str]) -> list[float]:
-    """One round: fresh session, ``warmup`` untimed runs, then ``iters`` timed runs (ms each)."""
-    from time import perf_counter_ns
-
+def _ort_session(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str]) -> tuple[Any, Any]:
+    """A session for ``path`` (the request's threads, all graph optimisations) and its random feeds."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(req["threads"])
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(path, opts, providers=providers)
-    feeds = _feeds(sess.get_inputs(), batch, req.get("input_shape"))
+    try:
+        sess = ort.InferenceSession(path, opts, providers=providers)
+    except Exception as exc:  # onnxruntime's own errors: one line naming the file, not a worker traceback
+        raise DataError(f"{path}: ONNX Runtime cannot load this model ({' '.join(str(exc).split())[:300]})") from None
+    return sess, _feeds(sess.get_inputs(), batch, req.get("input_shape"))
+
+
+def _time_ort_round(ort: Any, path: str, req: dict[str, Any], batch: int, providers: list[str],
+                    prepared: tuple[Any, Any] | None = None) -> list[float]:
+    """One round: fresh session (unless ``prepared``), ``warmup`` untimed runs, then ``iters`` timed runs (ms)."""
+    from time import perf_counter_ns
+
+    sess, feeds = prepared if prepared is not None else _ort_session(ort, path, req, batch, providers)
     for _ in range(int(req["warmup"])):
         sess.run(None, feeds)
     times = []
@@ -171,9 +106,13 @@ def _run_ort(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
     out: list[list[dict[str, Any]]] = [[] for _ in paths]
     for batch in req["batch_sizes"]:
         rounds: list[list[list[float]]] = [[] for _ in paths]
-        for _ in range(int(req["repeats"])):
-            for i, path in enumerate(paths):
-                rounds[i].append(_time_ort_round(ort, path, req, batch, providers))
+        cache: dict[int, tuple[Any, Any]] = {}  # fresh_sessions False: one session per model for all rounds
+        for r in range(int(req["repeats"])):
+            for i in round_order(len(paths), r, req):
+                prepared = None
+                if not req.get("fresh_sessions", True):
+                    prepared = cache.setdefault(i, _ort_session(ort, paths[i], req, batch, providers))
+                rounds[i].append(_time_ort_round(ort, paths[i], req, batch, providers, prepared))
         for i in range(len(paths)):
             stats = summarize(rounds[i], batch=batch, meta=meta)
             stats.extra.update(ort_version=ort.__version__, ort_provider=providers[0])
@@ -200,8 +139,9 @@ def _run_trt(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
                                              workspace_mb=int(req.get("workspace_mb", 1024)))
             engines.append((engine, inp.name, (batch, *shape), info))
         rounds: list[list[list[float]]] = [[] for _ in paths]
-        for _ in range(int(req["repeats"])):
-            for i, (engine, name, shape, _info) in enumerate(engines):
+        for r in range(int(req["repeats"])):
+            for i in round_order(len(engines), r, req):
+                engine, name, shape, _info = engines[i]
                 rounds[i].append(_trt.time_engine(engine, name, shape, warmup=int(req["warmup"]),
                                                   iters=int(req["iters"])))
         for i, (_e, _n, _s, info) in enumerate(engines):
@@ -211,8 +151,15 @@ def _run_trt(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, A
     return out
 
 
+def _run_openvino(paths: Sequence[str], req: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    from hwprune.runtime.openvino import run_openvino
+
+    return run_openvino(paths, req)
+
+
 BACKENDS: dict[str, Callable[[Sequence[str], dict[str, Any]], list[list[dict[str, Any]]]]] = {
     "onnxruntime": _run_ort,
+    "openvino": _run_openvino,
     "tensorrt": _run_trt,
 }
 
@@ -238,7 +185,8 @@ _ERRORS: dict[str, type[HwpruneError]] = {c.__name__: c for c in (
 
 
 def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | None,
-             input_shape: Sequence[int] | None, trt_sparse: bool) -> dict[str, Any]:
+             input_shape: Sequence[int] | None, trt_sparse: bool, shuffle_seed: int | None = None,
+             fresh_sessions: bool = True) -> dict[str, Any]:
     batch_sizes = [int(batch_size)] if batch_size is not None else [int(b) for b in spec.batch_sizes]
     if not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"batch sizes must be >= 1, got {batch_sizes}")
@@ -247,15 +195,14 @@ def _request(paths: Sequence[str | Path], spec: BenchSpec, batch_size: int | Non
                           f"repeats={spec.repeats}, warmup={spec.warmup}, threads={spec.threads}")
     if spec.backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{spec.backend}'; valid: {sorted(BACKENDS)}")
-    if spec.backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        raise MissingBackendError("backend 'tensorrt' is not installed; install it with: pip install 'hwprune[trt]'")
+    require_backend(spec.backend, spec.provider)
     for p in paths:
-        if not Path(p).is_file():
-            raise DataError(f"ONNX model not found: {p}")
+        check_onnx_file(p)  # a missing or corrupt file is one line naming it, not a worker traceback
     return {"paths": [str(Path(p).resolve()) for p in paths], "backend": spec.backend, "provider": spec.provider,
             "precision": spec.precision, "batch_sizes": batch_sizes, "warmup": int(spec.warmup),
             "iters": int(spec.iters), "repeats": int(spec.repeats), "threads": int(spec.threads),
-            "input_shape": list(input_shape) if input_shape is not None else None, "trt_sparse": trt_sparse}
+            "input_shape": list(input_shape) if input_shape is not None else None, "trt_sparse": trt_sparse,
+            "shuffle_seed": shuffle_seed, "fresh_sessions": fresh_sessions}
 
 
 def _spawn(req: dict[str, Any], timeout_s: float) -> list[list[dict[str, Any]]]:
@@ -301,6 +248,32 @@ def measure(onnx_path: str | Path, spec: BenchSpec, *, batch_size: int | None = 
     """
     req = _request([onnx_path], spec, batch_size, input_shape, trt_sparse)
     return [LatencyStats.from_dict(d) for d in _spawn(req, timeout_s)[0]]
+
+
+def measure_many(onnx_paths: Sequence[str | Path], spec: BenchSpec, *, batch_size: int | None = None,
+                 shuffle_seed: int | None = 0, fresh_sessions: bool = True, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 trt_sparse: bool = False,
+                 runner: Callable[[dict[str, Any]], list[list[dict[str, Any]]]] | None = None,
+                 ) -> list[list[LatencyStats]]:
+    """Time many models in ONE fresh worker, interleaved round by round (order shuffled per round by default).
+
+    Args:
+        onnx_paths: the models (dynamic batch dim 0).
+        spec: backend, provider, precision, batch sizes, loop counts, threads.
+        batch_size: time only this batch size.
+        shuffle_seed: seed of the per-round model order (None: the order given).
+        fresh_sessions: a fresh ORT session / OpenVINO compile per round (False: one per model, re-timed in
+            every round; calibration sweeps of hundreds of probes, where compilation would dominate).
+        timeout_s: wall-clock limit of the worker, seconds.
+        trt_sparse: TensorRT only: build with ``SPARSE_WEIGHTS``.
+        runner: execute the request differently (tests: ``run_request`` in this process); default a subprocess.
+
+    Returns:
+        ``[model][batch]`` ``LatencyStats``; ``extra["round_medians_ms"]`` has one median per round.
+    """
+    req = _request(list(onnx_paths), spec, batch_size, None, trt_sparse, shuffle_seed, fresh_sessions)
+    raw = runner(req) if runner is not None else _spawn(req, timeout_s)
+    return [[LatencyStats.from_dict(d) for d in per_model] for per_model in raw]
 
 
 def compare(dense_onnx: str | Path, pruned_onnx: str | Path, spec: BenchSpec, *, batch_size: int | None = None,

@@ -17,6 +17,7 @@ ISA_FLAGS = ("sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx51
              "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16")
 _PACKAGES = {"torch": ("torch",), "onnx": ("onnx",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
              "torch_pruning": ("torch-pruning", "torch_pruning"), "tensorrt": ("tensorrt", "tensorrt-cu12"),
+             "openvino": ("openvino",),
              "numpy": ("numpy",), "onnxslim": ("onnxslim",), "hwprune": ("hwprune",)}
 
 

@@ -272,16 +272,9 @@ def _ort_session(model: bytes | str) -> Any:
 
 def _random_feeds(sess: Any, batch: int | None, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random inputs shaped like the graph inputs, with the symbolic batch dim set to ``batch``."""
-    feeds = {}
-    for inp in sess.get_inputs():
-        dims = [batch if i == 0 and batch and not isinstance(d, int) else d for i, d in enumerate(inp.shape)]
-        if not all(isinstance(d, int) for d in dims):
-            raise ConfigError(f"input '{inp.name}' has symbolic dims {inp.shape}; pass explicit inputs")
-        dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}.get(inp.type)
-        if dtype is None:
-            raise ConfigError(f"input '{inp.name}' has type {inp.type}; random inputs support float types only")
-        feeds[inp.name] = rng.standard_normal(dims).astype(dtype)
-    return feeds
+    from hwprune.runtime.feeds import ort_inputs, random_feeds
+
+    return random_feeds(ort_inputs(sess), batch, rng=rng, strict_batch=False)
 
 
 def _compare(name: str, case: str, ref: np.ndarray, got: np.ndarray, cfg: ExportConfig) -> dict[str, Any]:

@@ -229,6 +229,10 @@ class LatencyTable:
         c = self._curve(layer)
         return float(np.interp(float(width), np.asarray(c.widths, float), np.asarray(c.ms, float)))
 
+    def input_fraction(self, layer: str, kept: float, total: float) -> float:
+        """Share of ``layer``'s cost left when ``kept`` of ``total`` input channels remain (linear: kept / total)."""
+        return float(kept) / float(total) if total > 0 else 1.0
+
     def marginal(self, layer: str, width: float, block: int) -> float:
         """Time (ms) saved by removing one group of ``block`` channels at ``width``: cost(w) - cost(w - block)."""
         if block < 1 or width - block < 1:

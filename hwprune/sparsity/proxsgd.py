@@ -17,35 +17,25 @@ lr * <d, theta>)`` where ``s`` is the group's prox scale and ``d`` the update di
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from hwprune.groups import GroupSet
+from hwprune.base.checks import check_sparsity
+from hwprune.groups.groupset import GroupSet
+from hwprune.groups.topk import topk_mask
 from hwprune.sparsity import wgsef
 
-__all__ = ["ProxSGD", "project_to_k_", "k_per_scope", "scope_report", "layer_ids"]
+__all__ = ["ProxSGD", "ProxOptions", "project_to_k_", "k_per_scope", "scope_report", "layer_ids"]
 
 
 def k_per_scope(groupset: GroupSet, sparsity: float) -> torch.Tensor:
     """Budget per scope for a target group sparsity ``s``: ``k = ceil((1 - s) * m) >= 1``, shape (S,)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    return groupset.k_for_sparsity(sparsity)
-
-
-def _topk_keep(groupset: GroupSet, k: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Boolean (G,) mask keeping the ``k[s]`` highest-scoring groups of every scope (ties by index)."""
-    padded = groupset.to_padded(score.to(torch.float64), fill=-math.inf)
-    m_max = padded.shape[1]
-    order = torch.argsort(padded, dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(m_max).expand_as(order).contiguous())
-    keep_padded = ranks < k.to(torch.long).unsqueeze(1)
-    return groupset.from_padded(keep_padded.to(torch.float64)) > 0.5
+    return groupset.k_for_sparsity(check_sparsity(sparsity))
 
 
 def layer_ids(groupset: GroupSet) -> torch.Tensor | None:
@@ -85,7 +75,7 @@ def project_to_k_(groupset: GroupSet, k: torch.Tensor) -> torch.Tensor:
     if layers is not None:  # a scope spanning several layers keeps each layer's best group first
         floor = _best_per_layer(layers, score, norms > 0)
         score = torch.where(floor, score + 2.0 * (float(score.abs().max()) + 1.0), score)
-    keep = _topk_keep(groupset, k, score) & (norms > 0)
+    keep = topk_mask(groupset, k, score) & (norms > 0)
     drop = (~keep) & (norms > 0)
     if bool(drop.any()):
         groupset.zero_(torch.nonzero(drop).flatten())
@@ -103,15 +93,17 @@ def scope_report(groupset: GroupSet, k: torch.Tensor) -> list[dict[str, Any]]:
     ]
 
 
-class ProxSGD(torch.optim.Optimizer):
-    """Momentum SGD with the WGSEF prox on the groups of ``groupset``.
+@dataclass(frozen=True)
+class ProxOptions:
+    """Settings of one :class:`ProxSGD` (frozen; validated on construction).
 
-    Args:
-        model: the module the ``groupset`` was built on (parameters are split into grouped/ungrouped).
-        groupset: coupled, disjoint groups (``hwprune.groups.build_groups``).
-        k: budget per scope, shape (S,) (``k_per_scope``).
+    Attributes:
         lr: learning rate; the prox uses the *current* lr of the grouped param group (schedulers work).
-        lam: regularisation strength of the WGSEF (mean group weight is 1).
+        lam: regularisation strength of the WGSEF (mean group weight is 1); 0 = plain (masked) SGD.
+        momentum, dampening, nesterov: torch SGD semantics.
+        weight_decay: weight decay of the ungrouped parameters.
+        grouped_weight_decay: weight decay of the grouped tensors (default 0: the WGSEF already acts
+            as a ridge on kept groups).
         eps: half-space threshold in [0, 1).
         hs_start: first optimiser step of the half-space phase (zeroing + freezing).
         halfspace: run the half-space test at all (False for mask-fixed fine-tuning).
@@ -124,32 +116,44 @@ class ProxSGD(torch.optim.Optimizer):
             after", applied per scope (an hwprune decision, measured in the closing note).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        groupset: GroupSet,
-        k: torch.Tensor | Sequence[int],
-        *,
-        lr: float,
-        lam: float = 1e-3,
-        momentum: float = 0.9,
-        dampening: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        grouped_weight_decay: float = 0.0,
-        eps: float = 0.05,
-        hs_start: int = 0,
-        halfspace: bool = True,
-        freeze: bool = True,
-        test_iterate: Literal["prox", "sgd"] = "prox",
-        release_at_k: bool = True,
-    ) -> None:
-        if lr < 0 or lam < 0:
-            raise ValueError(f"lr and lam must be >= 0, got lr={lr}, lam={lam}")
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
-        if test_iterate not in ("prox", "sgd"):
-            raise ValueError(f"test_iterate must be 'prox' or 'sgd', got {test_iterate!r}")
+    lr: float
+    lam: float = 1e-3
+    momentum: float = 0.9
+    dampening: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    grouped_weight_decay: float = 0.0
+    eps: float = 0.05
+    hs_start: int = 0
+    halfspace: bool = True
+    freeze: bool = True
+    test_iterate: Literal["prox", "sgd"] = "prox"
+    release_at_k: bool = True
+
+    def __post_init__(self) -> None:
+        if self.lr < 0 or self.lam < 0:
+            raise ValueError(f"lr and lam must be >= 0, got lr={self.lr}, lam={self.lam}")
+        if not 0.0 <= self.eps < 1.0:
+            raise ValueError(f"eps must be in [0, 1), got {self.eps}")
+        if self.test_iterate not in ("prox", "sgd"):
+            raise ValueError(f"test_iterate must be 'prox' or 'sgd', got {self.test_iterate!r}")
+
+
+class ProxSGD(torch.optim.Optimizer):
+    """Momentum SGD with the WGSEF prox on the groups of ``groupset``.
+
+    Args:
+        model: the module the ``groupset`` was built on (parameters are split into grouped/ungrouped).
+        groupset: coupled, disjoint groups (``hwprune.groups.build_groups``).
+        k: budget per scope, shape (S,) (``k_per_scope``).
+        options: the optimiser's settings (:class:`ProxOptions`).
+        **fields: shorthand for ``ProxOptions`` fields (``ProxSGD(m, gs, k, lr=0.1, lam=2.0)``);
+            given together with ``options`` they replace its values.
+    """
+
+    def __init__(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor | Sequence[int],
+                 options: ProxOptions | None = None, **fields: Any) -> None:
+        opts = dataclasses.replace(options, **fields) if options is not None else ProxOptions(**fields)
         named = dict(model.named_parameters())
         missing = [n for n in groupset.param_names if n not in named]
         if missing:
@@ -163,23 +167,25 @@ class ProxSGD(torch.optim.Optimizer):
             raise ValueError(f"k must have shape ({groupset.num_scopes},), got {tuple(k_t.shape)}")
         if bool((k_t < 1).any()):
             raise ValueError("k must be >= 1 in every scope")
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
+        defaults = dict(lr=opts.lr, momentum=opts.momentum, dampening=opts.dampening, nesterov=opts.nesterov,
+                        weight_decay=opts.weight_decay)
         param_groups: list[dict[str, Any]] = [
-            {"params": grouped, "weight_decay": grouped_weight_decay, "grouped": True}
+            {"params": grouped, "weight_decay": opts.grouped_weight_decay, "grouped": True}
         ]
         if ungrouped:
-            param_groups.append({"params": ungrouped, "weight_decay": weight_decay, "grouped": False})
+            param_groups.append({"params": ungrouped, "weight_decay": opts.weight_decay, "grouped": False})
         super().__init__(param_groups, defaults)
+        self.options = opts
         self.groupset = groupset
         self._names = grouped_names
         self.k = k_t
-        self.lam = float(lam)
-        self.eps = float(eps)
-        self.hs_start = int(hs_start)
-        self.halfspace = bool(halfspace)
-        self.freeze = bool(freeze)
-        self.test_iterate = test_iterate
-        self.release_at_k = bool(release_at_k)
+        self.lam = float(opts.lam)
+        self.eps = float(opts.eps)
+        self.hs_start = int(opts.hs_start)
+        self.halfspace = bool(opts.halfspace)
+        self.freeze = bool(opts.freeze)
+        self.test_iterate = opts.test_iterate
+        self.release_at_k = bool(opts.release_at_k)
         self.step_count = 0
         self.frozen = torch.zeros(groupset.num_groups, dtype=torch.bool)
         self._layers = layer_ids(groupset)

@@ -31,7 +31,7 @@ from hwprune.groups import GroupSet
 
 __all__ = [
     "VARIANTS", "MODES", "row_prox_l21", "row_prox_l20", "row_prox", "survivor_ratio", "AULMConfig",
-    "AULMState", "group_index_map", "keep_topk", "calibrate_multipliers", "survive_mask", "scope_multipliers_from",
+    "AULMState", "group_index_map", "calibrate_multipliers", "survive_mask", "scope_multipliers_from",
     "TIE_RTOL",
 ]
 
@@ -154,15 +154,6 @@ def group_index_map(gs: GroupSet, like: Mapping[str, Tensor]) -> dict[str, Tenso
     for n in names:
         out[n][~grouped[n]] = -1
     return out
-
-
-def keep_topk(gs: GroupSet, k: Tensor, score: Tensor) -> Tensor:
-    """(G,) bool keeping the ``k[s]`` highest ``score`` groups of every scope (ties: lower id first)."""
-    padded = gs.to_padded(score.to(torch.float64), fill=-torch.inf)
-    order = torch.argsort(padded, dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(padded.shape[1]).expand_as(order).contiguous())
-    return gs.from_padded((ranks < k.to(torch.long).unsqueeze(1)).to(torch.float64)) > 0.5
 
 
 # Two neighbouring ratios closer than this (relative) are treated as tied: a multiplier between them

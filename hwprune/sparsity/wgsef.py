@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from hwprune.sparsity import fused
+
 __all__ = [
     "ZERO_NORM",
     "ROOT_TOL",
@@ -67,8 +69,9 @@ def _batch_k(k: int | Tensor, batch: int | None) -> Tensor:
     return kt.contiguous()
 
 
-def _batch_norms(norms: Tensor, weights: Tensor | None, k: int | Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
-    """(z, d, k) as float64 (B, m), (B, m), (B,) and whether the input was batched."""
+def _batch_norms(norms: Tensor, weights: Tensor | None,
+                 k: int | Tensor) -> tuple[Tensor, Tensor | None, Tensor, bool]:
+    """(z, d, k) as float64 (B, m), (B, m) or None (uniform weights), (B,) and whether the input was batched."""
     if not isinstance(norms, Tensor) or norms.dim() not in (1, 2):
         raise ValueError(f"norms must be a tensor of shape (m,) or (B, m), got {getattr(norms, 'shape', norms)!r}")
     batched = norms.dim() == 2
@@ -78,8 +81,9 @@ def _batch_norms(norms: Tensor, weights: Tensor | None, k: int | Tensor) -> tupl
     if bool((nrm < 0).any()):
         raise ValueError("norms must be >= 0")
     nrm = nrm if batched else nrm.unsqueeze(0)
+    kt = _batch_k(k, nrm.shape[0] if batched else None).to(nrm.device)
     if weights is None:
-        d = torch.ones_like(nrm)
+        return nrm, None, kt, batched
     else:
         w = torch.as_tensor(weights).detach().to(device=nrm.device, dtype=torch.float64)
         if w.shape not in (nrm.shape[-1:], nrm.shape) or (not batched and w.dim() != 1):
@@ -88,7 +92,6 @@ def _batch_norms(norms: Tensor, weights: Tensor | None, k: int | Tensor) -> tupl
         if not bool(torch.isfinite(w).all()) or bool((w <= 0).any()):
             raise ValueError("weights must be finite and > 0")
         d = w.expand_as(nrm)
-    kt = _batch_k(k, nrm.shape[0] if batched else None).to(nrm.device)
     return nrm * d.sqrt(), d, kt, batched
 
 
@@ -185,10 +188,15 @@ def _solve_u(z: Tensor, c: Tensor, k: Tensor, method: str) -> Tensor:
     return u
 
 
-def _scales(z: Tensor, d: Tensor, kt: Tensor, lam: float, method: str) -> Tensor:
+def _scales(z: Tensor, d: Tensor | None, kt: Tensor, lam: float, method: str) -> Tensor:
+    """Prox factors u / (u + lam d); ``d`` None means uniform weights (d = 1)."""
     if lam == 0.0:
         return torch.ones_like(z)
-    c = lam * d
+    if method == "sort" and fused.use_for(z.numel()):
+        out = fused.group_scales(z, None if d is None else lam * d, lam, kt, ROOT_TOL)
+        if out is not None:
+            return out
+    c = torch.full_like(z, lam) if d is None else lam * d
     u = _solve_u(z, c, kt, method)
     return u / (u + c)
 
@@ -238,7 +246,23 @@ def group_scales(norms: Tensor, k: int | Tensor, lam: float, weights: Tensor | N
 
 def prox_(rows: Tensor, k: int | Tensor, lam: float, weights: Tensor | None = None,
           *, method: str = "sort") -> Tensor:
-    """In-place prox of ``lam * WGSEF_{k,d}`` on group rows (m, s) or (B, m, s); returns ``rows``."""
+    """In-place prox of ``lam * WGSEF_{k,d}`` on group rows (m, s) or (B, m, s); returns ``rows``.
+
+    Large contiguous calls with uniform weights run as one fused C pass (``hwprune.sparsity.fused``).
+    """
+    if (weights is None and method == "sort" and isinstance(rows, Tensor) and rows.dim() in (2, 3)
+            and fused.use_for(rows.numel())):
+        lam_f = _check_lam(lam)
+        view = rows if rows.dim() == 3 else rows.unsqueeze(0)
+        kt = _batch_k(k, view.shape[0] if rows.dim() == 3 else None)
+        if lam_f == 0.0:
+            return rows
+        with torch.no_grad():
+            done = fused.group_prox_(view.detach(), kt, lam_f, ROOT_TOL)
+        if done is False:
+            raise ValueError("rows/norms must be finite (found NaN or inf)")
+        if done:
+            return rows
     s = group_scales(_row_norms(rows), k, lam, weights, method=method)
     return rows.mul_(s.to(rows.dtype).unsqueeze(-1))
 
@@ -318,9 +342,14 @@ def prox_nm_(blocks: Tensor, n: int, lam: float) -> Tensor:
     m = blocks.shape[-1]
     if lam_f == 0.0 or blocks.numel() == 0:
         return blocks
-    if not math.isfinite(float(torch.linalg.vector_norm(blocks.detach(), ord=math.inf))):
+    kernel = n < m and fused.use_for(blocks.numel()) and fused.nm_applicable(blocks, n)
+    finite = fused.all_finite(blocks.detach()) if kernel else \
+        math.isfinite(float(torch.linalg.vector_norm(blocks.detach(), ord=math.inf)))
+    if not finite:
         raise ValueError("blocks must be finite (found NaN or inf)")
     with torch.no_grad():
+        if kernel and fused.nm_prox_(blocks, n, lam_f):
+            return blocks
         for start in range(0, blocks.shape[0], _NM_CHUNK_ROWS):
             x = blocks[start:start + _NM_CHUNK_ROWS]
             if n >= m:
@@ -330,8 +359,7 @@ def prox_nm_(blocks: Tensor, n: int, lam: float) -> Tensor:
                 sc = _nm_scale_chunk(x, n, lam_f)
             else:
                 z = x.abs().to(torch.float64)
-                sc = _scales(z, torch.ones_like(z), torch.full((z.shape[0],), float(n), dtype=torch.float64),
-                             lam_f, "sort")
+                sc = _scales(z, None, torch.full((z.shape[0],), float(n), dtype=torch.float64), lam_f, "sort")
             x.mul_(sc.to(x.dtype))
     return blocks
 

@@ -3,12 +3,14 @@
 A saved model ``STEM`` is two files: ``STEM.json`` = ``{"format": 1, "model": name, "kwargs": {...},
 "input_shape": [C, H, W], "plan": SurgeryPlan dict | null, "extra": {...}}`` and
 ``STEM.safetensors`` (the state dict). Loading re-creates the architecture from the registry,
-replays the surgery plan on it, then loads the tensors strictly: nothing is unpickled.
+replays the surgery plan on it, then loads the tensors strictly: nothing is unpickled. A
+``package.module:callable`` model also records ``import_path`` (the directory its module was
+imported from), put on ``sys.path`` when it is loaded, so the files load from any directory.
 """
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,12 @@ import torch
 from torch import nn
 
 from hwprune.base.errors import ConfigError, DataError
-from hwprune.base.files import atomic_path, atomic_write_json
+from hwprune.base.files import atomic_path, atomic_write_json, read_json, read_safetensors
+from hwprune.base.optional import add_import_path
 
-__all__ = ["save_model", "load_model", "load_run_model", "RUN_STAGES"]
+__all__ = ["save_model", "load_model"]
 
 FORMAT_VERSION = 1
-# Later stages first: load_run_model returns the most processed model of a run directory.
-RUN_STAGES: tuple[str, ...] = ("nm", "pruned", "sparse", "dense")
 
 
 def _spec_of(model: nn.Module) -> dict[str, Any]:
@@ -32,6 +33,18 @@ def _spec_of(model: nn.Module) -> dict[str, Any]:
             "model has no 'hwprune_spec' (create it with hwprune.models.create_model so it can be re-created)"
         )
     return spec
+
+
+def _import_root(name: str) -> str | None:
+    """For a ``package.module:callable`` model: the absolute directory its top package is imported from."""
+    if ":" not in name:
+        return None
+    module = sys.modules.get(name.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    depth = name.partition(":")[0].count(".") + (1 if Path(file).name == "__init__.py" else 0)
+    return str(Path(file).resolve().parents[depth])
 
 
 def save_model(
@@ -62,6 +75,7 @@ def save_model(
         "input_shape": list(input_shape),
         "plan": plan,
         "extra": extra or {},
+        "import_path": _import_root(spec["name"]),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(stem.with_suffix(".safetensors"), suffix=".safetensors.tmp") as tmp:
@@ -70,44 +84,42 @@ def save_model(
 
 
 def load_model(stem: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Re-create a model saved by ``save_model``; returns ``(model in eval mode, metadata)``."""
-    from safetensors.torch import load_file
+    """Re-create a model saved by ``save_model``; returns ``(model in eval mode, metadata)``.
 
+    Raises:
+        DataError: a missing, empty, truncated or corrupt ``.json`` / ``.safetensors`` file, a
+            description hwprune cannot rebuild, or tensors that do not fit it: one line naming the
+            file and what to do (nothing is unpickled).
+    """
+    from hwprune.base.errors import HwpruneError
     from hwprune.models import create_model
 
     stem = Path(stem)
     jpath, tpath = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    for p in (jpath, tpath):
-        if not p.is_file():
-            raise DataError(f"{p}: missing (expected a model saved by hwprune as {stem.name}.json + .safetensors)")
+    hint = f"re-create it (a model saved by hwprune is {stem.name}.json + {stem.name}.safetensors)"
+    meta = read_json(jpath, what="saved model description", hint=hint)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{jpath}: not a model saved by this hwprune (format {got!r}, expected {FORMAT_VERSION})")
+    if not isinstance(meta.get("model"), str) or not isinstance(meta.get("kwargs", {}), dict):
+        raise DataError(f"{jpath}: corrupt saved model description (no 'model' name or 'kwargs' mapping); {hint}")
+    state = read_safetensors(tpath, what="model weights file", hint=hint)
+    add_import_path(meta.get("import_path") if isinstance(meta.get("import_path"), str) else None)
     try:
-        meta = json.loads(jpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{jpath}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"{jpath}: unsupported model format {meta.get('format')!r} (expected {FORMAT_VERSION})")
-    model = create_model(meta["model"], **meta.get("kwargs", {}))
-    if meta.get("plan"):
-        from hwprune.surgery.remove import apply_plan
+        model = create_model(meta["model"], **meta.get("kwargs", {}))
+        if meta.get("plan"):
+            from hwprune.surgery.remove import apply_plan
 
-        example = torch.zeros(1, *meta["input_shape"])
-        model = apply_plan(model, meta["plan"], example)
-    state = load_file(str(tpath))
-    result = model.load_state_dict(state, strict=True)
-    del result
+            example = torch.zeros(1, *meta["input_shape"])
+            model = apply_plan(model, meta["plan"], example)
+    except HwpruneError as exc:
+        raise DataError(f"{jpath}: cannot rebuild the saved model ({exc})") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise DataError(f"{jpath}: corrupt saved model description ({type(exc).__name__}: {exc}); {hint}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc))
+        raise DataError(f"{tpath}: the weights do not fit the model of {jpath.name} ({first}); {hint}") from None
     model.eval()
     return model, meta
-
-
-def load_run_model(run_dir: Path, stage: str | None = None) -> tuple[nn.Module, torch.Tensor, str]:
-    """The most processed model of a run directory (or ``stage``): ``(model, example_input, stage)``."""
-    run_dir = Path(run_dir)
-    stages = (stage,) if stage else RUN_STAGES
-    for name in stages:
-        if (run_dir / f"{name}.json").is_file():
-            model, meta = load_model(run_dir / name)
-            return model, torch.zeros(1, *meta["input_shape"]), name
-    raise DataError(
-        f"{run_dir}: no saved model found (expected one of {', '.join(s + '.json' for s in stages)}); "
-        "run 'hwprune train' or 'hwprune run' first"
-    )

@@ -1,1 +1,1 @@
-"""Training: the fit loop, checkpoints, DDP, job configuration, the train job and the N:M phase."""
+"""Training: fit loop, checkpoints, DDP, job config, the RunDir, the phases engine, train job, N:M phase."""

@@ -89,7 +89,7 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": [],
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
@@ -160,14 +160,20 @@ def load_checkpoint(
     when the file is missing, unreadable, not an hwprune checkpoint, or does not match the model.
     """
     path = Path(path)
+    restart = "delete it to restart that phase from its first epoch, or run without --resume"
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a training checkpoint; {restart}")
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, or a pickle that weights_only refuses
-        raise DataError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from exc
+    except Exception:  # any failure of the restricted unpickler means "unreadable"
+        # torch's own message advises weights_only=False, which would execute arbitrary pickled code:
+        # only the kind of failure is reported.
+        raise DataError(f"{path}: cannot read the training checkpoint (truncated, corrupt, or holding pickled "
+                        f"objects, which hwprune never loads); {restart}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(f"{path} is not an hwprune checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+        raise DataError(f"{path} is not an hwprune checkpoint (expected format '{CHECKPOINT_FORMAT}'); {restart}")
     if payload.get("version") != CHECKPOINT_VERSION:
         got = payload.get("version")
         raise DataError(f"{path}: checkpoint version {got} unsupported (expected {CHECKPOINT_VERSION})")
@@ -182,8 +188,9 @@ def load_checkpoint(
             optimizer.load_state_dict(payload["optimizer"])
         if scheduler is not None and payload["scheduler"] is not None:
             scheduler.load_state_dict(payload["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise DataError(f"checkpoint {path} does not match the model/optimizer: {exc}") from exc
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise DataError(f"checkpoint {path} does not match the model/optimizer ({first}); {restart}") from None
     return CheckpointInfo(
         path=path, epoch=int(payload["epoch"]), rng_state=payload.get("rng") or {}, extra=extra
     )
@@ -197,7 +204,7 @@ def resume_from(
 
     A missing file or a checkpoint of another phase means a fresh start: ``(0, [])``.
     """
-    if not path.is_file():
+    if not path.exists():  # a directory (or anything else) in its place is load_checkpoint's one-line error
         _LOG.info("resume requested but %s does not exist; starting from epoch 0", path)
         return 0, []
     try:

@@ -104,8 +104,14 @@ def get_world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0: the only process that writes logs, checkpoints and artifacts."""
-    return get_rank() == 0
+    """True on rank 0: the only process that writes logs, checkpoints and artifacts.
+
+    Before the process group exists (a train job writes ``config.yaml`` before ``fit`` sets it up)
+    the launcher's ``RANK`` decides, so every caller gets the same answer at any time.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return env_info().rank == 0
 
 
 def barrier() -> None:

@@ -16,6 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,12 @@ from hwprune.training.schedule import (
     seed_everything,
 )
 
-__all__ = ["evaluate", "train_one_epoch", "fit"]
+__all__ = ["evaluate", "train_one_epoch", "fit", "format_epoch"]
 
 _LOG = logging.getLogger(__name__)
 LossFn = Callable[[Tensor, Tensor], Tensor]
-Data = DataLoader | Dataset
+BatchLoss = Callable[[Any, Tensor, Any], Tensor]  # (inputs, outputs, labels) -> scalar, e.g. distillation
+Data = DataLoader[Any] | Dataset[Any]
 CHECKPOINT_NAME = "last.pt"
 
 
@@ -83,7 +85,7 @@ def _resolve_device(kind: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _train_loader(data: Data, cfg: TrainConfig, generator: torch.Generator) -> DataLoader:
+def _train_loader(data: Data, cfg: TrainConfig, generator: torch.Generator) -> DataLoader[Any]:
     """The given loader, or a shuffling one over a dataset (DistributedSampler under DDP)."""
     if isinstance(data, DataLoader):
         if not ddp.is_distributed() or isinstance(data.sampler, DistributedSampler):
@@ -93,14 +95,15 @@ def _train_loader(data: Data, cfg: TrainConfig, generator: torch.Generator) -> D
         data = data.dataset
     else:
         batch_size, workers, collate = cfg.batch_size, cfg.num_workers, None
-    sampler = DistributedSampler(data, shuffle=True, seed=cfg.seed) if ddp.is_distributed() else None
+    sampler: DistributedSampler[Any] | None = (
+        DistributedSampler(data, shuffle=True, seed=cfg.seed) if ddp.is_distributed() else None)
     return DataLoader(
         data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
         collate_fn=collate, generator=generator,
     )
 
 
-def _eval_loader(data: Data, batch_size: int) -> DataLoader:
+def _eval_loader(data: Data, batch_size: int) -> DataLoader[Any]:
     """Given loader, or a sequential one over this rank's strided shard (no padding duplicates)."""
     if isinstance(data, DataLoader):
         return data
@@ -139,6 +142,30 @@ def evaluate(
     return {"loss": sums[0].item() / count, "accuracy": sums[1].item() / count}
 
 
+def format_epoch(record: Mapping[str, Any], epochs: int) -> str:
+    """The console line of one epoch record: phase, epoch (1-based) / epochs, loss, accuracies, groups, seconds.
+
+    ``groups N/K`` is the record's ``nonzero_groups`` and, in a sparse phase, ``k_groups`` (the budget).
+    """
+    def num(key: str) -> float | None:
+        v = record.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    parts = [f"{record.get('phase', 'train'):<11} epoch {int(record.get('epoch', 0)) + 1:>3}/{epochs:<3}"]
+    for key, label in (("train_loss", "loss"), ("train_acc", "acc"), ("val_loss", "val_loss"), ("val_acc", "val_acc"),
+                       ("eval_acc", "eval_acc")):
+        v = num(key)
+        if v is not None:
+            parts.append(f"{label} {v:.4f}")
+    if record.get("nonzero_groups") is not None:
+        k = record.get("k_groups")
+        parts.append(f"nonzero groups {record['nonzero_groups']}" + (f" / k {k}" if k is not None else ""))
+    secs = num("seconds")
+    if secs is not None:
+        parts.append(f"{secs:.1f} s")
+    return "  ".join(parts)
+
+
 def _check_finite(total: Tensor, phase: str, epoch: int, step: int) -> None:
     """Raise NonFiniteLossError on NaN/Inf (agreed across DDP ranks, so no rank hangs)."""
     bad = (~torch.isfinite(total.detach())).to(torch.float32).reshape(1)
@@ -155,6 +182,7 @@ def train_one_epoch(
     epoch: int,
     scheduler: Any | None = None,
     extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    batch_loss: BatchLoss | None = None,
     callbacks: Sequence[Any] = (),
     loss_fn: LossFn | None = None,
     device: torch.device | None = None,
@@ -162,10 +190,11 @@ def train_one_epoch(
     start_step: int = 0,
     show_progress: bool = False,
 ) -> dict[str, float]:
-    """One pass over ``loader``: forward, loss (+ ``extra_loss``), backward, clip, step, sched step.
+    """One pass over ``loader``: forward, loss (+ ``extra_loss`` + ``batch_loss``), backward, clip, step, sched step.
 
-    Returns sample-weighted means ``train_loss`` (task loss), ``penalty`` (NaN without extra_loss),
-    ``train_acc`` and the global step count ``step`` after the epoch (all-reduced under DDP).
+    Returns sample-weighted means ``train_loss`` (task loss), ``penalty`` (the added terms; NaN without),
+    ``train_acc`` and the global step count ``step`` after the epoch (all-reduced under DDP). The
+    keyword parameters are ``fit``'s, passed through for one epoch (``fit`` documents them).
     """
     loss_fn = loss_fn or F.cross_entropy
     dev = device or next(ddp.unwrap(model).parameters()).device
@@ -178,10 +207,13 @@ def train_one_epoch(
         out = model(x)
         loss = loss_fn(out, y)
         penalty = extra_loss(ddp.unwrap(model)) if extra_loss is not None else None
+        if batch_loss is not None:
+            term = batch_loss(x, out, y)
+            penalty = term if penalty is None else penalty + term
         total = loss + penalty if penalty is not None else loss
         _check_finite(total, phase, epoch, step)
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        total.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -206,48 +238,30 @@ def train_one_epoch(
     }
 
 
-def fit(
-    model: nn.Module,
-    train_data: Data,
-    optimizer: torch.optim.Optimizer | None,
-    cfg: TrainConfig,
-    *,
-    scheduler: Any | None = None,
-    eval_data: Data | None = None,
-    extra_loss: Callable[[nn.Module], Tensor] | None = None,
-    callbacks: Sequence[Any] = (),
-    log_path: str | Path | None = None,
-    checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
-    phase: str = "train",
-    metrics_fn: Callable[[int, dict[str, Any]], Mapping[str, Any] | None] | None = None,
-    loss_fn: LossFn | None = None,
-) -> TrainHistory:
-    """Train ``model`` in place for ``cfg.epochs`` epochs and return the per-epoch history.
+@dataclass
+class _FitState:
+    """What one ``fit`` call sets up before its first epoch (kept together to keep ``fit`` short)."""
 
-    Args:
-        model: the network (trained in place; may be DDP-wrapped).
-        train_data: a DataLoader, or a Dataset yielding (input, label) shuffled with cfg's seed.
-        cfg: epochs, batch size, schedule, seed and device.
-        optimizer: any optimiser over the model's parameters; None builds SGD from cfg.
-        scheduler: stepped once per optimiser step; None builds ``make_scheduler(...)``.
-        eval_data: evaluated after every epoch (accuracy and loss in the record); None: no evaluation.
-        extra_loss: ``extra_loss(model) -> scalar`` added to the loss (the unwrapped model).
-        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
-            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
-        metrics_fn: ``metrics_fn(epoch, record) -> dict | None``, merged like a callback's.
-        log_path: JSON-lines log, one record per epoch, appended and flushed per line.
-        checkpoint_dir: ``last.pt`` is written there (atomically) after every epoch.
-        resume: continue from ``checkpoint_dir/last.pt`` if it exists and has the same ``phase``.
-        phase: name of this phase in the log and the checkpoint (``dense``, ``sparse``, ...).
-        loss_fn: ``loss_fn(logits, labels) -> scalar``; None: cross-entropy.
+    net: nn.Module
+    loader: DataLoader[Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    history: TrainHistory
+    start_epoch: int
+    log_file: Path | None
+    ckpt: Path | None
+    main: bool
+    show: bool
 
-    Raises:
-        NonFiniteLossError: NaN/Inf loss; the last checkpoint stays as it was.
+
+def _start(model: nn.Module, train_data: Data, optimizer: torch.optim.Optimizer | None, cfg: TrainConfig,
+           scheduler: Any | None, device: torch.device, log_path: str | Path | None,
+           checkpoint_dir: str | Path | None, resume: bool, phase: str) -> _FitState:
+    """Seed, move and wrap the model, build the loader/optimiser/scheduler, restore a checkpoint.
+
+    Ten parameters: they are ``fit``'s own, passed through once (``fit`` documents each).
     """
-    if resume and checkpoint_dir is None:
-        raise ConfigError("resume=True needs a checkpoint_dir")  # nothing to resume from
-    device = _resolve_device(cfg.device)
     ddp.setup_distributed(device)
     rank, main = ddp.get_rank(), ddp.is_main_process()
     generator = seed_everything(epoch_seed(cfg.seed, 0, rank))
@@ -266,41 +280,110 @@ def fit(
         history.resumed_from = start_epoch - 1 if start_epoch > 0 else None
         if main and log_file is not None and start_epoch > 0:
             trim_log(log_file, phase, start_epoch - 1)
-    net = ddp.wrap_model(model, device)
     show = main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
-    step = start_epoch * len(loader)
-    for epoch in range(start_epoch, cfg.epochs):
-        seed_e = epoch_seed(cfg.seed, epoch, rank)
-        seed_everything(seed_e)
-        for gen in {id(g): g for g in (generator, loader.generator) if g is not None}.values():
-            gen.manual_seed(seed_e)  # ours and, if different, a caller's loader generator
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
+    return _FitState(ddp.wrap_model(model, device), loader, optimizer, scheduler, generator, history, start_epoch,
+                     log_file, ckpt, main, show)
+
+
+def _seed_epoch(st: _FitState, seed: int, epoch: int) -> None:
+    """Re-seed every RNG and the shuffle order from ``(seed, epoch, rank)`` (what makes resume exact)."""
+    seed_e = epoch_seed(seed, epoch, ddp.get_rank())
+    seed_everything(seed_e)
+    for gen in {id(g): g for g in (st.generator, st.loader.generator) if g is not None}.values():
+        gen.manual_seed(seed_e)  # ours and, if different, a caller's loader generator
+    if isinstance(st.loader.sampler, DistributedSampler):
+        st.loader.sampler.set_epoch(epoch)
+
+
+def _save_epoch(st: _FitState, record: dict[str, Any], epoch: int, cfg: TrainConfig, phase: str) -> None:
+    """Append the epoch record to the log and write the checkpoint (main process only), then sync."""
+    if st.main and st.log_file is not None:
+        append_log_record(st.log_file, record)
+    if st.main and st.ckpt is not None:
+        save_checkpoint(st.ckpt, model=st.net, optimizer=st.optimizer, scheduler=st.scheduler, epoch=epoch,
+                        rng_state=capture_rng_state(),
+                        extra={"phase": phase, "seed": cfg.seed, "world_size": ddp.get_world_size(),
+                               "history": st.history.records})
+    ddp.barrier()
+
+
+def fit(
+    model: nn.Module,
+    train_data: Data,
+    optimizer: torch.optim.Optimizer | None,
+    cfg: TrainConfig,
+    *,
+    scheduler: Any | None = None,
+    eval_data: Data | None = None,
+    eval_name: str = "eval",
+    extra_loss: Callable[[nn.Module], Tensor] | None = None,
+    batch_loss: BatchLoss | None = None,
+    callbacks: Sequence[Any] = (),
+    log_path: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    phase: str = "train",
+    metrics_fn: Callable[[int, dict[str, Any]], Mapping[str, Any] | None] | None = None,
+    loss_fn: LossFn | None = None,
+) -> TrainHistory:
+    """Train ``model`` in place for ``cfg.epochs`` epochs and return the per-epoch history.
+
+    The keyword parameters are independent, optional extension points with neutral defaults (the
+    engine in ``hwprune.training.phases`` fills them from one phase description).
+
+    Args:
+        model: the network (trained in place; may be DDP-wrapped).
+        train_data: a DataLoader, or a Dataset yielding (input, label) shuffled with cfg's seed.
+        cfg: epochs, batch size, schedule, seed and device.
+        optimizer: any optimiser over the model's parameters; None builds SGD from cfg.
+        scheduler: stepped once per optimiser step; None builds ``make_scheduler(...)``.
+        eval_data: evaluated after every epoch (accuracy and loss in the record); None: no evaluation.
+        eval_name: prefix of those record keys: ``{eval_name}_acc``, ``{eval_name}_loss`` (the job
+            evaluates its validation split: ``val``).
+        extra_loss: ``extra_loss(model) -> scalar`` added to the loss (the unwrapped model).
+        batch_loss: ``batch_loss(inputs, outputs, labels) -> scalar`` added to the loss (a term that
+            needs the batch, e.g. distillation from a teacher's outputs on ``inputs``); the record's
+            ``penalty`` is the mean of both added terms.
+        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
+            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
+        metrics_fn: ``metrics_fn(epoch, record) -> dict | None``, merged like a callback's.
+        log_path: JSON-lines log, one record per epoch, appended and flushed per line.
+        checkpoint_dir: ``last.pt`` is written there (atomically) after every epoch.
+        resume: continue from ``checkpoint_dir/last.pt`` if it exists and has the same ``phase``.
+        phase: name of this phase in the log and the checkpoint (``dense``, ``sparse``, ...).
+        loss_fn: ``loss_fn(logits, labels) -> scalar``; None: cross-entropy.
+
+    Raises:
+        NonFiniteLossError: NaN/Inf loss; the last checkpoint stays as it was.
+    """
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs a checkpoint_dir")  # nothing to resume from
+    device = _resolve_device(cfg.device)
+    st = _start(model, train_data, optimizer, cfg, scheduler, device, log_path, checkpoint_dir, resume, phase)
+    step = st.start_epoch * len(st.loader)
+    hooks = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
+    hooks += [metrics_fn] if metrics_fn is not None else []
+    for epoch in range(st.start_epoch, cfg.epochs):
+        _seed_epoch(st, cfg.seed, epoch)
         t0 = time.perf_counter()
-        lr = float(optimizer.param_groups[0]["lr"])
-        stats = train_one_epoch(net, loader, optimizer, cfg, epoch=epoch, scheduler=scheduler,
-                                extra_loss=extra_loss, callbacks=callbacks, loss_fn=loss_fn, device=device,
-                                phase=phase, start_step=step, show_progress=show)
+        lr = float(st.optimizer.param_groups[0]["lr"])
+        stats = train_one_epoch(st.net, st.loader, st.optimizer, cfg, epoch=epoch, scheduler=st.scheduler,
+                                extra_loss=extra_loss, batch_loss=batch_loss, callbacks=callbacks,
+                                loss_fn=loss_fn, device=device,
+                                phase=phase, start_step=step, show_progress=st.show)
         step = int(stats.pop("step"))
-        ddp.broadcast_buffers(net)
-        stats = {k: v for k, v in stats.items() if k != "penalty" or extra_loss is not None}
+        ddp.broadcast_buffers(st.net)
+        stats = {k: v for k, v in stats.items() if k != "penalty" or extra_loss is not None or batch_loss is not None}
         record: dict[str, Any] = {"phase": phase, "epoch": epoch, "step": step, "lr": lr, **stats}
         if eval_data is not None:
-            ev = evaluate(net, eval_data, batch_size=cfg.batch_size, loss_fn=loss_fn, device=device)
-            record.update(eval_loss=ev["loss"], eval_acc=ev["accuracy"])
+            ev = evaluate(st.net, eval_data, batch_size=cfg.batch_size, loss_fn=loss_fn, device=device)
+            record.update({f"{eval_name}_loss": ev["loss"], f"{eval_name}_acc": ev["accuracy"]})
         record["seconds"] = time.perf_counter() - t0
-        hooks = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
-        for hook in [*hooks, *([metrics_fn] if metrics_fn is not None else [])]:
+        for hook in hooks:
             record.update(hook(epoch, dict(record)) or {})
         record = to_plain(record)
-        history.records.append(record)
-        _LOG.info("%s epoch %d/%d: %s", phase, epoch, cfg.epochs - 1, record)
-        if main and log_file is not None:
-            append_log_record(log_file, record)
-        if main and ckpt is not None:
-            save_checkpoint(ckpt, model=net, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                            rng_state=capture_rng_state(),
-                            extra={"phase": phase, "seed": cfg.seed, "world_size": ddp.get_world_size(),
-                                   "history": history.records})
-        ddp.barrier()
-    return history
+        st.history.records.append(record)
+        if st.main:
+            _LOG.info("%s", format_epoch(record, cfg.epochs))
+        _save_epoch(st, record, epoch, cfg, phase)
+    return st.history

@@ -2,25 +2,29 @@
 
 Each block of M consecutive weights along the reduction dimension is its own SEF scope with
 ``k = N``: prox-SGD with the batched SEF prox and half-space zeroing, then a hard projection to the
-N largest magnitudes per block, then a fine-tune with the mask fixed. The result stays a mask
-(dense zeros) for TensorRT's sparse tensor cores; ``check_nm_masks`` verifies the pattern.
+N largest magnitudes per block, then a fine-tune with the mask fixed (the same engine and sequence
+as the train job: :func:`hwprune.training.phases.sparsify`). Its settings are the run's
+``PipelineOptions`` (``nm_*``). The result stays a mask (dense zeros) for TensorRT's sparse tensor
+cores; ``check_nm_masks`` verifies the pattern.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from hwprune.base.errors import NumericalMismatchError
-from hwprune.groups import GroupSet, build_groups
-from hwprune.profiles import HardwareProfile
-from hwprune.sparsity.proxsgd import ProxSGD, project_to_k_
-from hwprune.training.config import TrainJobConfig
-from hwprune.training.loop import evaluate, fit
-from hwprune.training.schedule import TrainConfig
+from hwprune.groups import build_groups
+from hwprune.groups.groupset import GroupSet
+from hwprune.sparsity.methods.wgsef_method import halfspace_start
+from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD
+from hwprune.training.artifacts import ByStage, NMSummary
+from hwprune.training.loop import evaluate
+from hwprune.training.phases import EVAL_BATCH, Phase, PhaseContext, PhaseRunner, SparsifySpec, sparsify
+from hwprune.training.runconfig import PipelineOptions
+from hwprune.training.rundir import RunDir
 
 __all__ = ["run_nm_phase", "nm_budget", "check_nm_masks", "onnx_nm_weight_names"]
 
@@ -33,7 +37,7 @@ def nm_budget(groupset: GroupSet) -> torch.Tensor:
     raise NumericalMismatchError("GroupSet of phase 'nm' does not expose its per-block N (scope_k)")
 
 
-def check_nm_masks(groupset: GroupSet, k: torch.Tensor) -> dict[str, Any]:
+def check_nm_masks(groupset: GroupSet, k: torch.Tensor) -> dict[str, int]:
     """Verify every block has at most N nonzeros; raises listing the violating blocks' count."""
     nz = groupset.nonzero_per_scope()
     bad = nz > k
@@ -47,35 +51,36 @@ def _layer_names(groupset: GroupSet) -> list[str]:
     return sorted({n.rsplit(".", 1)[0] for n in groupset.param_names})
 
 
-def run_nm_phase(model: nn.Module, profile: HardwareProfile, bundle: Any, cfg: TrainJobConfig, *, epochs: int,
-                 lam: float, run_dir: Path | None = None) -> dict[str, Any]:
-    """Train ``model`` (in place) to the profile's N:M pattern; returns a summary dict."""
-    example = bundle.train[0][0].unsqueeze(0)
-    gs = build_groups(model, profile, example, phase="nm")
+def run_nm_phase(model: nn.Module, rd: RunDir, opts: PipelineOptions) -> NMSummary:
+    """Train ``model`` (the run's compact model, in place) to the profile's N:M pattern.
+
+    The sequence of :func:`hwprune.training.phases.sparsify`: ``nm_sparse`` (batched SEF prox,
+    half-space step from ``opts.nm_hs_frac`` of its steps) -> projection to N per block ->
+    ``nm_finetune`` with the mask fixed; validation accuracy after each, test accuracy once at the end.
+    """
+    job = rd.train_config
+    bundle = rd.data()
+    gs = build_groups(model, rd.profile, rd.example_input(), phase="nm")
     k = nm_budget(gs)
-    acc0 = evaluate(model, bundle.test, batch_size=256)["accuracy"]
-    ecfg = TrainConfig(epochs=max(1, epochs), batch_size=cfg.batch_size, lr=cfg.lr / 2, momentum=cfg.momentum,
-                       weight_decay=cfg.weight_decay, seed=cfg.seed + 1, device=cfg.device, progress=False)
-    log_path = Path(run_dir) / "train_log.jsonl" if run_dir else None
-    steps = ecfg.epochs * -(-len(bundle.train) // cfg.batch_size)
-    if epochs > 0:
-        opt = ProxSGD(model, gs, k, lr=ecfg.lr, lam=lam, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                      eps=cfg.eps, hs_start=int(0.3 * steps))
-        fit(model, bundle.train, opt, ecfg, eval_data=bundle.test, log_path=log_path, phase="nm_sparse")
-    projected = int(project_to_k_(gs, k).sum())
-    acc_proj = evaluate(model, bundle.test, batch_size=256)["accuracy"]
-    if epochs > 0:
-        opt = ProxSGD(model, gs, k, lr=ecfg.lr / 2, lam=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                      halfspace=False)
-        opt.freeze_(torch.nonzero(~gs.nonzero()).flatten())
-        fit(model, bundle.train, opt, ecfg, eval_data=bundle.test, log_path=log_path, phase="nm_finetune")
+    runner = PhaseRunner(PhaseContext(train_data=bundle.train, val_data=bundle.val, batch_size=job.batch_size,
+                                      momentum=job.momentum, weight_decay=job.weight_decay, seed=job.seed,
+                                      device=job.device, progress=False, log_path=rd.log_path))
+    val_before = runner.val_accuracy(model)
+    lr, ft_lr = opts.nm_learning_rates(job.lr)
+    opt = ProxSGD(model, gs, k, ProxOptions(
+        lr=lr, lam=opts.nm_lam, momentum=job.momentum, weight_decay=job.weight_decay, eps=opts.nm_eps,
+        hs_start=halfspace_start(opts.nm_hs_frac, runner.steps(max(1, opts.nm_epochs)))))
+    spec = SparsifySpec(sparse=Phase("nm_sparse", opts.nm_epochs, lr, optimizer=opt, seed_offset=1),
+                        finetune=Phase("nm_finetune", opts.nm_epochs, ft_lr, seed_offset=1))
+    res = sparsify(runner, model, gs, k, spec)
     check = check_nm_masks(gs, k)
-    acc = evaluate(model, bundle.test, batch_size=256)["accuracy"]
     n = int(k.max()) if len(k) else 0
     m = int(gs.scope_sizes.max()) if len(k) else 0
-    return {"pattern": f"{n}:{m}", "n": n, "m": m, "layers": _layer_names(gs), "param_names": list(gs.param_names),
-            "accuracy_before": acc0, "accuracy_after_projection": acc_proj, "accuracy": acc,
-            "zeroed_by_projection": projected, **check}
+    return NMSummary(pattern=f"{n}:{m}", n=n, m=m, layers=_layer_names(gs), param_names=list(gs.param_names),
+                     val_accuracy=ByStage(dense=val_before, sparse=res.val_sparse, projected=res.val_projected,
+                                          final=res.val_final),
+                     test_accuracy=evaluate(model, bundle.test, batch_size=EVAL_BATCH)["accuracy"],
+                     zeroed_by_projection=res.zeroed_by_projection, **check)
 
 
 def onnx_nm_weight_names(onnx_path: Path, model: nn.Module, param_names: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from hwprune.sparsity.methods.base import (
     MethodConfig,
+    MethodOptions,
     SparseMethod,
     SparsePhase,
     get_method,
@@ -22,4 +23,5 @@ from hwprune.sparsity.methods import group_lasso as _group_lasso  # noqa: E402,F
 from hwprune.sparsity.methods import magnitude as _magnitude  # noqa: E402,F401  isort: skip
 from hwprune.sparsity.methods import ssr_method as _ssr_method  # noqa: E402,F401  isort: skip
 
-__all__ = ["MethodConfig", "SparseMethod", "SparsePhase", "get_method", "list_methods", "register_method"]
+__all__ = ["MethodConfig", "MethodOptions", "SparseMethod", "SparsePhase", "get_method", "list_methods",
+           "register_method"]

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from hwprune.base.errors import ConfigError
-from hwprune.groups import GroupSet
+from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.methods.base import MethodConfig, SparseMethod, SparsePhase, register_method
-from hwprune.sparsity.methods.wgsef_method import GroupCountLogger
+from hwprune.sparsity.monitor import GroupCountLogger
 from hwprune.sparsity.ssr import row_prox_l21
 
 __all__ = ["GroupLassoSGD", "GroupLassoMethod"]
@@ -64,35 +64,23 @@ class GroupLassoSGD(torch.optim.SGD):
         return (self._lam_g * self.groupset.norms()).sum()
 
 
-class _PenaltyLogger(GroupCountLogger):
-    """Nonzero groups per scope plus the group-lasso value."""
-
-    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
-        """Nonzero groups and the group-lasso penalty, merged into the epoch record."""
-        out = super().on_epoch_end(epoch, record)
-        if isinstance(self.optimizer, GroupLassoSGD):
-            out["penalty"] = float(self.optimizer.penalty())
-        return out
-
-
 @register_method
 class GroupLassoMethod(SparseMethod):
     """Prox-SGD with group soft-thresholding (SSL-style); the runner's top-k meets the budget."""
 
-    name = "group-lasso"
+    name = "group-lasso"  # no options (options_type: the empty MethodOptions)
     summary = "group-lasso prox-SGD (SSL-style, sqrt(d) weights) on the same groups; then top-k"
 
     def prepare(
         self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, cfg: MethodConfig, *, total_steps: int
     ) -> SparsePhase:
         """Group-lasso prox-SGD over the groups (no half-space step; the runner's top-k finishes)."""
-        if cfg.extra:
-            raise ConfigError(f"group-lasso takes no method options, got {sorted(cfg.extra)}")
         opt = GroupLassoSGD(model, groupset, lr=cfg.lr, lam=cfg.lam, momentum=cfg.momentum,
                             weight_decay=cfg.weight_decay)
-        return SparsePhase(optimizer=opt, callbacks=[_PenaltyLogger(groupset, opt)])
+        return SparsePhase(optimizer=opt, callbacks=[GroupCountLogger(groupset, opt)])
 
-    def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, phase: SparsePhase | None) -> dict:
+    def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor,
+                 phase: SparsePhase | None) -> dict[str, Any]:
         """Report the groups the prox zeroed; selection of the rest is the runner's top-k."""
         nz = groupset.nonzero_per_scope()
         return {"nonzero_after_prox": nz.tolist(), "zeroed_by_prox": int((groupset.scope_sizes - nz).sum())}

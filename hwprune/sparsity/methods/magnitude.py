@@ -9,11 +9,13 @@ trained methods'.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from hwprune.base.errors import ConfigError
-from hwprune.groups import GroupSet
+from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.methods.base import MethodConfig, SparseMethod, SparsePhase, register_method
 from hwprune.sparsity.proxsgd import project_to_k_
 
@@ -34,7 +36,8 @@ class MagnitudeMethod(SparseMethod):
         """Not used: magnitude has no sparse training phase (``trains = False``)."""
         raise ConfigError("method 'magnitude' has no sparse phase; the runner calls finalize directly")
 
-    def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, phase: SparsePhase | None) -> dict:
+    def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor,
+                 phase: SparsePhase | None) -> dict[str, Any]:
         """Zero all but the top-``k`` groups per scope; returns how many were zeroed."""
         dropped = project_to_k_(groupset, k)
         return {"zeroed": int(dropped.sum())}

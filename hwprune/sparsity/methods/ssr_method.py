@@ -1,7 +1,7 @@
 """SSR-L2,1 / SSR-L2,0 methods: AULM (scaled-dual ADMM) on the GroupSet's groups (SSR.md section 2).
 
-Schedule (``MethodConfig``: ``lam``, ``rho`` (1.0), ``inner_steps``, ``ssr_mode``; ``extra``:
-``calibrate`` (False), ``lam_per_scope`` (None: the same lambda in every scope)):
+Schedule (``MethodConfig.lam`` and the options :class:`SsrOptions`: ``rho`` (1.0), ``inner_steps`` (50),
+``ssr_mode`` ("joint"), ``calibrate`` (False), ``lam_per_scope`` (None: the same lambda in every scope)):
 
 * joint (default): F/Y for every grouped layer; an F-step then a Y-step from the dense W before SGD
   step 0 (``prepare``) and again after every ``inner_steps`` SGD steps; each SGD step (the W-step)
@@ -18,7 +18,7 @@ therefore removed whenever at least ``k`` rows survive; if more than ``k`` survi
 rows go (the **default**: lambda cannot be tuned per run here, so the budget decides, ranked by
 F); if fewer than ``k`` survive, the zero-F rows with the largest ``||W_g|| / sqrt(d_g)`` are kept
 so the budget is met exactly (reported as ``revived``). The runner's projection is then a no-op.
-With ``extra["calibrate"] = True`` the last F-step uses one lambda multiplier per scope, bisected
+With ``calibrate: true`` the last F-step uses one lambda multiplier per scope, bisected
 so exactly ``k`` rows of F survive (unless norms tie), i.e. lambda itself selects the rows.
 The W-step should nearly solve its subproblem: pick ``inner_steps * lr * rho`` well above 1 (the
 defaults 50 * 0.05 * 1 shrink the gap to ~8 %; [CODE] used 200 * 0.01). ``history`` in the info
@@ -28,28 +28,55 @@ AULM state (F, Y) is not checkpointed: a resumed sparse phase restarts it from t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from hwprune.base.errors import ConfigError
-from hwprune.groups import GroupSet
-from hwprune.sparsity.methods.base import MethodConfig, SparseMethod, SparsePhase, register_method
-from hwprune.sparsity.methods.wgsef_method import GroupCountLogger
+from hwprune.groups.groupset import GroupSet
+from hwprune.groups.topk import topk_mask
+from hwprune.sparsity.methods.base import MethodConfig, MethodOptions, SparseMethod, SparsePhase, register_method
+from hwprune.sparsity.monitor import GroupCountLogger
 from hwprune.sparsity.ssr import (
+    MODES,
     AULMConfig,
     AULMState,
     calibrate_multipliers,
-    keep_topk,
     scope_multipliers_from,
     survive_mask,
     survivor_ratio,
 )
 
-__all__ = ["AULMDriver", "SsrL21Method", "SsrL20Method", "selection_key", "SSR_OPTIONS"]
+__all__ = ["AULMDriver", "SsrL21Method", "SsrL20Method", "SsrOptions", "selection_key"]
 
-SSR_OPTIONS = ("calibrate", "lam_per_scope")
+
+@dataclass(frozen=True)
+class SsrOptions(MethodOptions):
+    """Options of ``ssr-l21`` / ``ssr-l20`` (SSR.md sections 2-5).
+
+    Attributes:
+        rho: AULM penalty, > 0 (SSR.md: 1.0, never changed).
+        inner_steps: SGD steps between two F/Y updates, >= 1.
+        ssr_mode: "joint" (all layers at once) or "layerwise" (one scope at a time).
+        calibrate: at the final F-step, bisect one lambda multiplier per scope so k rows survive.
+        lam_per_scope: scope name -> lambda multiplier, or one per scope in order (None: 1 everywhere).
+    """
+
+    rho: float = 1.0
+    inner_steps: int = 50
+    ssr_mode: str = "joint"
+    calibrate: bool = False
+    lam_per_scope: dict[str, float] | list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.rho > 0:
+            raise ConfigError(f"rho must be > 0, got {self.rho}")
+        if self.inner_steps < 1:
+            raise ConfigError(f"inner_steps must be >= 1, got {self.inner_steps}")
+        if self.ssr_mode not in MODES:
+            raise ConfigError(f"ssr_mode must be one of {', '.join(MODES)}; got {self.ssr_mode!r}")
 
 
 def selection_key(state: AULMState) -> torch.Tensor:
@@ -115,7 +142,7 @@ class AULMDriver:
         """Layerwise: mask the zero-F rows of the current scope (at least ``k`` rows stay)."""
         gs = self.state.gs
         in_scope = gs.scope_index == self.stage
-        drop = in_scope & self.state.zero_rows() & ~keep_topk(gs, self.k, selection_key(self.state))
+        drop = in_scope & self.state.zero_rows() & ~topk_mask(gs, self.k, selection_key(self.state))
         self.dead |= drop
         self._zero_dead()
 
@@ -158,28 +185,24 @@ class AULMDriver:
         return out
 
 
-def _aulm_config(variant: str, gs: GroupSet, cfg: MethodConfig) -> AULMConfig:
-    unknown = sorted(set(cfg.extra) - set(SSR_OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown SSR option(s) {unknown}; valid: rho, inner_steps, ssr_mode, "
-                          f"{', '.join(SSR_OPTIONS)}")
-    mults = scope_multipliers_from(cfg.extra.get("lam_per_scope"), gs.scope_names)
-    calibrate = bool(cfg.extra.get("calibrate", False))
-    return AULMConfig(variant=variant, lam=cfg.lam, rho=float(cfg.rho),  # type: ignore[arg-type]
-                      inner_steps=int(cfg.inner_steps), mode=cfg.ssr_mode,  # type: ignore[arg-type]
-                      scope_multipliers=mults, calibrate=calibrate)
+def _aulm_config(variant: str, gs: GroupSet, lam: float, opts: SsrOptions) -> AULMConfig:
+    mults = scope_multipliers_from(opts.lam_per_scope, gs.scope_names)
+    return AULMConfig(variant=variant, lam=lam, rho=float(opts.rho),  # type: ignore[arg-type]
+                      inner_steps=int(opts.inner_steps), mode=opts.ssr_mode,  # type: ignore[arg-type]
+                      scope_multipliers=mults, calibrate=opts.calibrate)
 
 
 class _SsrMethod(SparseMethod):
     """Shared AULM implementation; subclasses fix ``variant``."""
 
     variant: ClassVar[str]
+    options_type = SsrOptions
 
     def prepare(
         self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, cfg: MethodConfig, *, total_steps: int
     ) -> SparsePhase:
         """SGD on loss + the AULM penalty, with the ADMM driver as a step callback."""
-        acfg = _aulm_config(self.variant, groupset, cfg)
+        acfg = _aulm_config(self.variant, groupset, cfg.lam, self.options_of(cfg, SsrOptions))
         opt = _sgd(model, groupset, cfg)
         state = AULMState(model, groupset, acfg)
         driver = AULMDriver(state, opt, total_steps, k)
@@ -188,10 +211,11 @@ class _SsrMethod(SparseMethod):
                            state={"aulm": state, "driver": driver, "config": acfg})
 
     @torch.no_grad()
-    def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, phase: SparsePhase | None) -> dict:
+    def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor,
+                 phase: SparsePhase | None) -> dict[str, Any]:
         """Last F-step (optionally calibrated), then keep the top-k rows by ``||F||`` per scope."""
         if phase is None or "aulm" not in phase.state:  # no sparse phase ran: one F-step from the dense W
-            acfg = _aulm_config(self.variant, groupset, MethodConfig())
+            acfg = _aulm_config(self.variant, groupset, MethodConfig().lam, SsrOptions())
             state, driver = AULMState(model, groupset, acfg), None
         else:
             state, driver = phase.state["aulm"], phase.state["driver"]
@@ -205,7 +229,7 @@ class _SsrMethod(SparseMethod):
             survive = survive_mask(groupset, ratio, mults)
         state.f_step(mults, survive)
         f_zero = state.zero_rows()
-        keep = keep_topk(groupset, k, selection_key(state))
+        keep = topk_mask(groupset, k, selection_key(state))
         drop = ~keep & groupset.nonzero()
         if bool(drop.any()):
             groupset.zero_(torch.nonzero(drop).flatten())

@@ -1,38 +1,48 @@
-"""The default method: prox-SGD on loss + lam * WGSEF with half-space zeroing (METHOD.md section 6)."""
+"""The default method: prox-SGD on loss + lam * WGSEF with half-space zeroing (METHOD.md section 6).
+
+Options (``method_options`` of the job, :class:`WgsefOptions`): ``eps`` (half-space threshold,
+0.05) and ``hs_frac`` (fraction of the sparse phase before the half-space step starts, 0.3).
+The default lambda (0.5) and its measurements are in ``benchmarks/results/`` (README, "What was measured").
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hwprune.groups import GroupSet
-from hwprune.sparsity.methods.base import MethodConfig, SparseMethod, SparsePhase, register_method
-from hwprune.sparsity.proxsgd import ProxSGD
+from hwprune.base.errors import ConfigError
+from hwprune.groups.groupset import GroupSet
+from hwprune.sparsity.methods.base import MethodConfig, MethodOptions, SparseMethod, SparsePhase, register_method
+from hwprune.sparsity.monitor import GroupCountLogger
+from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD
 
-__all__ = ["WgsefMethod", "GroupCountLogger"]
+__all__ = ["WgsefMethod", "WgsefOptions", "halfspace_start"]
 
 
-class GroupCountLogger:
-    """Epoch callback: nonzero groups per scope, frozen groups and the penalty value."""
+def halfspace_start(hs_frac: float, total_steps: int) -> int:
+    """First optimiser step of the half-space phase: ``round(hs_frac * total_steps)``."""
+    return int(round(hs_frac * total_steps))
 
-    def __init__(self, groupset: GroupSet, optimizer: Any | None = None) -> None:
-        self.groupset = groupset
-        self.optimizer = optimizer
 
-    def on_step_end(self, step: int, epoch: int) -> None:
-        """Nothing per step (the counts are taken per epoch)."""
-        return None
+@dataclass(frozen=True)
+class WgsefOptions(MethodOptions):
+    """Options of ``wgsef`` (and of the N:M phase's batched SEF prox).
 
-    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> dict[str, Any]:
-        """Nonzero groups (total and per scope), frozen groups and the penalty, merged into the epoch record."""
-        nz = self.groupset.nonzero_per_scope()
-        out: dict[str, Any] = {"nonzero_groups": int(nz.sum()), "nonzero_per_scope": nz.tolist()}
-        if isinstance(self.optimizer, ProxSGD):
-            out["penalty"] = float(self.optimizer.penalty())
-            out["frozen_groups"] = int(self.optimizer.frozen.sum())
-        return out
+    Attributes:
+        eps: half-space threshold in [0, 1): a group with ``<theta~, theta> < eps ||theta||^2`` is zeroed.
+        hs_frac: fraction of the phase's steps before the half-space step starts, in [0, 1].
+    """
+
+    eps: float = 0.05
+    hs_frac: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eps < 1.0:
+            raise ConfigError(f"eps must be in [0, 1), got {self.eps}")
+        if not 0.0 <= self.hs_frac <= 1.0:
+            raise ConfigError(f"hs_frac must be in [0, 1], got {self.hs_frac}")
 
 
 @register_method
@@ -41,25 +51,15 @@ class WgsefMethod(SparseMethod):
 
     name = "wgsef"
     summary = "prox-SGD on loss + lam*WGSEF (exactly k groups per scope; default)"
-    # The prox step is lr * lam. Measured (closing note): Fashion-MNIST LeNet-5, 20k images, lam 0.5: the
-    # prox alone left 114 of k=113 groups (50 %), 164/160 (30 %); digits LeNet-5 pilot: lam 2.0 -> 91.1 %,
-    # 0.5 -> 95.6 %, 0.2 -> 96.7 % (dense 97.5 %). On BN nets with few steps (digits_cnn, ~230 steps)
-    # lam <= 1 leaves the selection to the final top-k projection; lam 3 reached 12 of k=10 there.
-    default_lam = 0.5
+    default_lam = 0.5  # the prox step is lr * lam; chosen from the sweeps in benchmarks/results/
+    options_type = WgsefOptions
 
     def prepare(
         self, model: nn.Module, groupset: GroupSet, k: torch.Tensor, cfg: MethodConfig, *, total_steps: int
     ) -> SparsePhase:
         """ProxSGD with the WGSEF prox, half-space zeroing from ``hs_frac`` of the phase."""
-        opt = ProxSGD(
-            model,
-            groupset,
-            k,
-            lr=cfg.lr,
-            lam=cfg.lam,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            eps=cfg.eps,
-            hs_start=int(round(cfg.hs_frac * total_steps)),
-        )
+        opts = self.options_of(cfg, WgsefOptions)
+        opt = ProxSGD(model, groupset, k, ProxOptions(
+            lr=cfg.lr, lam=cfg.lam, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eps=opts.eps,
+            hs_start=halfspace_start(opts.hs_frac, total_steps)))
         return SparsePhase(optimizer=opt, callbacks=[GroupCountLogger(groupset, opt)])
