@@ -133,8 +133,10 @@ def test_calibrate_tiny_sweep_writes_a_validated_profile(tmp_path: Path, probes:
     assert TINY.widths == tuple(range(8, 21))
     prof, files = write_calibration(res, tmp_path / "mine.yaml", fallback_block=16)
     assert load_profile(tmp_path / "mine.yaml") == prof and prof.name == "mine"
-    blocks = {r.match: r.granularity.block for r in prof.rules}  # type: ignore[union-attr]
+    blocks = {r.match: r.granularity.block for r in prof.rules if r.match in ("Conv2d", "Linear")}  # type: ignore[union-attr]
     assert blocks == {"Conv2d": 4, "Linear": 2}
+    assert [r.granularity.kind for r in prof.rules[:2]] == ["head", "head"]  # the bundled transformer rules
+    assert "mlp_block" not in {r.granularity.kind for r in prof.rules}  # attention_mlp was not measured
     cal = prof.calibration
     assert cal is not None and cal.cpu_model == HERE.cpu_model and cal.cores == 2 and cal.backend == "onnxruntime"
     assert dict(cal.blocks) == {"conv": 4, "linear": 2} and "onnxruntime" in dict(cal.versions)
@@ -152,7 +154,7 @@ def test_ambiguous_kind_uses_the_fallback_block(probes: Path) -> None:
     res = calibrate(TINY, facts=HERE, runner=flat, probe_dir=probes)
     assert set(res.ambiguous()) == {"conv", "linear"}
     prof = calibrated_profile(res, fallback_block=16)
-    assert {r.granularity.block for r in prof.rules} == {16}  # type: ignore[union-attr]
+    assert {r.granularity.block for r in prof.rules if r.granularity.kind != "head"} == {16}  # type: ignore[union-attr]
     assert prof.calibration is not None and set(prof.calibration.ambiguous) == {"conv", "linear"}
     assert "ambiguous" in prof.notes
 

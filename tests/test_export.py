@@ -186,3 +186,60 @@ def test_cli_export_bare_model(tmp_path: Path) -> None:
     assert report["passed"] and report["max_abs_diff"] <= ATOL and out.is_file()
     res = CliRunner().invoke(cli, ["export"])
     assert res.exit_code == 2 and "exactly one of RUN_DIR or --model" in res.output
+
+
+class _Pooled(nn.Module):
+    """adaptive_avg_pool2d to 3x3 on a 4x4 map: the TorchScript exporter refuses it (not a factor of 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Linear(36, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+def test_exporter_falls_back_and_says_so(tmp_path: Path) -> None:
+    model = _Pooled().eval()
+    report = export_and_validate(model, torch.randn(1, 3, 4, 4), tmp_path / "m.onnx",
+                                 report_path=tmp_path / "export_report.json")
+    assert report.passed and report.exporter == "dynamo"
+    assert report.fallback_reason.startswith("torchscript: ") and "adaptive_avg_pool2d" in report.fallback_reason
+    saved = json.loads((tmp_path / "export_report.json").read_text())
+    assert saved["exporter"] == "dynamo" and "adaptive_avg_pool2d" in saved["fallback_reason"]
+
+
+def test_every_exporter_failing_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hwprune.runtime import export
+
+    def fail(model: nn.Module, args: tuple, tmp: Path, cfg: ExportConfig, n_out: int, exporter: str) -> None:
+        raise RuntimeError(f"{exporter} cannot export aten::frobnicate\n  graph dump line 1\n  graph dump line 2")
+
+    monkeypatch.setattr(export, "_export_once", fail)
+    with pytest.raises(export.ExportFailed) as info:
+        export.to_onnx(_tiny_cnn(), torch.randn(X), tmp_path / "m.onnx")
+    msg = str(info.value)
+    assert "\n" not in msg and "Sequential" in msg and "graph dump" not in msg
+    assert "torchscript: RuntimeError: torchscript cannot export aten::frobnicate" in msg
+    assert "dynamo: RuntimeError: dynamo cannot export" in msg
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_parity_failure_of_the_first_exporter_tries_the_second(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from hwprune.runtime import export
+
+    real = export.validate_onnx
+    calls: list[str] = []
+
+    def first_fails(model: nn.Module, path: Path, cfg: ExportConfig | None = None, **kw: object) -> object:
+        calls.append("v")
+        if len(calls) == 1:
+            raise ToleranceExceeded("1 output(s) exceed atol: logits[random_batch3]", [{"name": "logits"}])
+        return real(model, path, cfg, **kw)
+
+    monkeypatch.setattr(export, "validate_onnx", first_fails)
+    report = export.export_and_validate(_tiny_cnn(), torch.randn(X), tmp_path / "m.onnx")
+    assert report.exporter == "dynamo" and "torchscript: 1 output(s) exceed atol" in report.fallback_reason

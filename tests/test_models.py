@@ -29,6 +29,8 @@ TINY: dict[str, dict] = {
     "resnet20": {"width": 0.5},
     "resnet56": {"width": 0.25},
     "mobilenetv2": {"width": 0.25, "last_channel": 64},
+    "vit_tiny": {"patch": 4, "dim": 32, "depth": 2, "heads": 4},
+    "convnext_nano": {"dims": [8, 16], "depths": [1, 1]},
 }
 
 

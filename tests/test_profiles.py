@@ -60,6 +60,9 @@ def test_bundled_profiles_exist_and_cover_targets() -> None:
     assert load_profile("x86-avx512-ort").alignment == 16
     assert load_profile("arm-neon-ort").alignment == 4
     assert load_profile("nvidia-trt-int8").alignment == 32
+    for name in ("x86-avx2-ort", "x86-avx512-ort", "arm-neon-ort", "nvidia-ampere-trt-fp16", "nvidia-trt-int8"):
+        kinds = {r.granularity.kind for r in load_profile(name).rules}
+        assert {"head", "mlp_block"} <= kinds, name  # transformer rules on every hardware profile
     orin = load_profile("jetson-orin-trt-fp16")
     assert orin.has_nm and orin.nm_patterns == ((2, 4),) and orin.device.min_compute_capability == "8.7"
     assert not load_profile("generic-channel").has_nm
@@ -100,6 +103,12 @@ def test_cli_list_and_show() -> None:
         assert profile_from_dict(yaml.safe_load(res.output)) == load_profile("arm-neon-ort")
 
 
+def _rule(i: int, value: dict[str, Any]) -> Callable[[dict], None]:
+    def edit(d: dict) -> None:
+        d["rules"][i] = value
+    return edit
+
+
 def _set(path: str, value: Any) -> Callable[[dict], None]:
     def edit(d: dict) -> None:
         keys = path.split(".")
@@ -133,6 +142,17 @@ BAD_CASES: dict[str, tuple[Callable[[dict], None], list[str]]] = {
     "trt_on_cpu": (_set("bench", {"backend": "tensorrt"}), ["bench.provider:", "needs provider 'cuda'"]),
     "batch_sizes": (_set("bench", {"batch_sizes": [1, 0]}), ["bench.batch_sizes:"]),
     "bad_weight_mode": (_set("weight_mode", "flop"), ["weight_mode: unknown value 'flop'", "did you mean 'flops'"]),
+    "head_fallback": (_rule(4, {"match": "Attn", "granularity": "head", "fallback": "channel"}),
+                      ["rules[4].fallback:", "granularity 'head' takes a fallback of kind none"]),
+    "head_param": (_rule(4, {"match": "Attn", "granularity": {"kind": "head", "block": 2}}),
+                   ["rules[4].granularity: unknown key 'block'"]),
+    "mlp_block_zero": (_rule(4, {"match": "re:.*mlp", "granularity": {"kind": "mlp_block", "block": 0}}),
+                       ["rules[4].granularity.block: block must be >= 1 (got 0)"]),
+    "mlp_block_missing": (_rule(4, {"match": "re:.*mlp", "granularity": "mlp_block"}),
+                          ["rules[4].granularity: missing required key 'block'"]),
+    "mlp_block_fallback": (_rule(4, {"match": "re:.*mlp", "granularity": {"kind": "mlp_block", "block": 64},
+                                            "fallback": "kernel_shape"}),
+                           ["granularity 'mlp_block' takes a fallback of kind channel, channel_block, none"]),
 }
 
 

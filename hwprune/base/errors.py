@@ -6,6 +6,8 @@ the CLI prints its one-line message and exits with code 2, without a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "HwpruneError",
     "ConfigError",
@@ -34,6 +36,6 @@ class MissingBackendError(HwpruneError, ImportError):
 class NumericalMismatchError(HwpruneError):
     """A numerical contract (atol/rtol) was violated; ``mismatches`` lists every offending output."""
 
-    def __init__(self, message: str, mismatches: list[dict] | None = None) -> None:
+    def __init__(self, message: str, mismatches: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.mismatches = list(mismatches or [])

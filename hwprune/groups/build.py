@@ -36,10 +36,12 @@ from torch import nn
 
 from hwprune.base.errors import ConfigError
 from hwprune.groups.channels import add_channel_sets
+from hwprune.groups.graph import build_graph
 from hwprune.groups.groupset import PHASES, GroupSet
+from hwprune.groups.heads import add_head_groups
 from hwprune.groups.masks import add_layer_groups, add_mask_groups, add_nm_groups, resolve_rules
-from hwprune.groups.segments import Layout, record_spatial
-from hwprune.profiles import HardwareProfile
+from hwprune.groups.segments import Claims, Layout, record_spatial
+from hwprune.profiles.schema import HardwareProfile
 
 __all__ = ["build_groups"]
 
@@ -69,9 +71,12 @@ def build_groups(model: nn.Module, profile: HardwareProfile, example_inputs: Any
     spatial = record_spatial(model, example_inputs)
     layout = Layout()
     if phase == "structured":
-        claimed = add_layer_groups(model, rules, layout, spatial)
-        add_channel_sets(model, example_inputs, rules, layout, spatial, claimed, allow_remainder=allow_remainder)
-        add_mask_groups(model, rules, layout, spatial, claimed)
+        claims = Claims()
+        add_layer_groups(model, rules, layout, spatial, claims)
+        add_head_groups(model, rules, layout, spatial, claims)
+        add_channel_sets(model, build_graph(model, example_inputs), rules, layout, spatial, claims,
+                         allow_remainder=allow_remainder)
+        add_mask_groups(model, rules, layout, spatial, claims.modules)
     else:
         add_nm_groups(model, rules, layout)
     gs = GroupSet(model, layout, phase=phase, scope_mode=profile.scope, weight_mode=profile.weight_mode,

@@ -18,17 +18,28 @@ import logging
 from collections.abc import Iterable, Mapping
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from hwprune.base.errors import ConfigError
-from hwprune.groups.segments import Entry, Layout, Segment, conv_or_linear, macs_per_out_channel, mro_names
-from hwprune.profiles import HardwareProfile, LayerRule, match_rule
+from hwprune.groups.segments import Claims, Entry, Layout, Segment, conv_or_linear, macs_per_out_channel, mro_names
+from hwprune.profiles.matching import match_rule
+from hwprune.profiles.schema import (
+    Granularity,
+    HardwareProfile,
+    KernelShapeGranularity,
+    LayerGranularity,
+    LayerRule,
+    NMGranularity,
+    NoGranularity,
+    UnstructuredGranularity,
+)
 
 __all__ = ["resolve_rules", "add_layer_groups", "add_mask_groups", "add_nm_groups"]
 
 log = logging.getLogger("hwprune.groups.groupset")
 
 _BLOCK_ATTRS = ("branch", "shortcut", "act")
+_MASKS = (KernelShapeGranularity, UnstructuredGranularity)
 
 
 def resolve_rules(model: nn.Module, profile: HardwareProfile, phase: str) -> dict[str, LayerRule | None]:
@@ -44,20 +55,24 @@ def resolve_rules(model: nn.Module, profile: HardwareProfile, phase: str) -> dic
 def _module_macs(module: nn.Module, spatial: Mapping[str, int], prefix: str) -> float:
     total = 0.0
     for name, m in module.named_modules():
-        if conv_or_linear(m):
-            full = f"{prefix}.{name}" if name else prefix
-            width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-            total += width * macs_per_out_channel(m, int(spatial.get(full, 1)))
+        if isinstance(m, nn.Linear):
+            width = m.out_features
+        elif isinstance(m, nn.modules.conv._ConvNd) and conv_or_linear(m):
+            width = m.out_channels
+        else:
+            continue
+        full = f"{prefix}.{name}" if name else prefix
+        total += width * macs_per_out_channel(m, int(spatial.get(full, 1)))
     return total
 
 
 def add_layer_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], layout: Layout,
-                     spatial: Mapping[str, int]) -> set[str]:
-    """One removable group per residual branch with a ``layer`` rule; returns the claimed module names."""
-    claimed: set[str] = set()
+                     spatial: Mapping[str, int], claims: Claims) -> None:
+    """One removable group per residual branch with a ``layer`` rule; their module names go to ``claims.modules``."""
+    claimed = claims.modules
     for name, m in model.named_modules():
         rule = rules.get(name)
-        if rule is None or rule.granularity.kind != "layer":
+        if rule is None or not isinstance(rule.granularity, LayerGranularity):
             continue
         if not all(hasattr(m, a) for a in _BLOCK_ATTRS):
             raise ConfigError(f"module '{name}' ({type(m).__name__}) matched layer rule {rule.match!r} but is not a "
@@ -65,29 +80,31 @@ def add_layer_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], la
         if name in claimed:
             raise ConfigError(f"layer rule {rule.match!r}: block '{name}' is nested inside another layer-grouped "
                               "branch")
-        if m.branch is None:
+        branch = getattr(m, "branch")  # noqa: B009 - block protocol attribute, checked above
+        if branch is None:
             layout.dense.append({"layer": name, "reason": "branch already removed"})
             continue
         prefix = f"{name}.branch"
-        params = list(m.branch.named_parameters())
+        params = list(branch.named_parameters())
         if not params:
             layout.dense.append({"layer": name, "reason": "branch has no parameters"})
             continue
         gid = layout.reserve(1)
         for pname, p in params:
             layout.add_segment(Segment(f"{prefix}.{pname}", (p.numel(),), (0,), torch.tensor([gid])))
-        claimed.update(f"{prefix}.{sub}" if sub else prefix for sub, _ in m.branch.named_modules())
+        claimed.update(f"{prefix}.{sub}" if sub else prefix for sub, _ in branch.named_modules())
         layout.entries.append(Entry(
             name=name, kind="layer", granularity="layer", modules=(name,), removable=True, first=gid, count=1,
-            channels=[()], macs=torch.tensor([_module_macs(m.branch, spatial, prefix)], dtype=torch.float64),
+            channels=[()], macs=torch.tensor([_module_macs(branch, spatial, prefix)], dtype=torch.float64),
             rel_size=torch.ones(1, dtype=torch.float64)))
-    return claimed
 
 
-def _weight_of(name: str, m: nn.Module) -> torch.Tensor:
-    if m.weight.dim() < 2:
-        raise ConfigError(f"layer '{name}' has a {m.weight.dim()}-d weight; mask rules need a conv or Linear weight")
-    return m.weight
+def _weight_of(name: str, m: nn.Module) -> Tensor:
+    w = getattr(m, "weight", None)
+    if not isinstance(w, Tensor) or w.dim() < 2:
+        dims = w.dim() if isinstance(w, Tensor) else 0
+        raise ConfigError(f"layer '{name}' has a {dims}-d weight; mask rules need a conv or Linear weight")
+    return w
 
 
 def add_mask_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], layout: Layout,
@@ -96,25 +113,28 @@ def add_mask_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], lay
     claimed = set(claimed)
     for name, m in model.named_modules():
         rule = rules.get(name)
-        if rule is None or rule.granularity.kind not in ("kernel_shape", "unstructured") or not conv_or_linear(m):
+        if rule is None or not isinstance(rule.granularity, _MASKS) or not conv_or_linear(m):
             continue
         if name in claimed:
             layout.dense.append({"layer": name, "reason": "inside a layer-grouped branch"})
             continue
         w = _weight_of(name, m)
         sp = int(spatial.get(name, 1))
-        if rule.granularity.kind == "kernel_shape":
+        view: tuple[int, ...]
+        red: tuple[int, ...]
+        gshape: tuple[int, ...]
+        if isinstance(rule.granularity, KernelShapeGranularity):
             cells = w[0].numel()
-            view, red, gshape = (w.shape[0], cells), (0,), (1, cells)
+            view, red, gshape = (int(w.shape[0]), cells), (0,), (1, cells)
             cost = float(w.shape[0] * sp)
-            coord = tuple(w.shape[1:])
+            coord = tuple(int(v) for v in w.shape[1:])
         else:
             cells = w.numel()
             view, red, gshape = (cells,), (), (cells,)
             cost = float(sp)
-            coord = tuple(w.shape)
+            coord = tuple(int(v) for v in w.shape)
         first = layout.reserve(cells)
-        layout.add_segment(Segment(f"{name}.weight", tuple(int(v) for v in view), red,
+        layout.add_segment(Segment(f"{name}.weight", view, red,
                                    torch.arange(first, first + cells, dtype=torch.long).view(gshape)))
         layout.entries.append(Entry(
             name=name, kind=rule.granularity.kind, granularity=rule.granularity.kind, modules=(name,),
@@ -122,12 +142,11 @@ def add_mask_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], lay
             rel_size=torch.ones(cells, dtype=torch.float64), coord_shape=coord))
 
 
-def _nm_granularity(name: str, rule: LayerRule, width: int):
-    g = rule.granularity
+def _nm_granularity(name: str, g: NMGranularity, fb: Granularity | None,
+                    width: int) -> tuple[NMGranularity | None, str]:
     if width % g.m == 0:
         return g, ""
-    fb = rule.fallback
-    if fb is not None and fb.kind == "nm" and width % fb.m == 0:
+    if isinstance(fb, NMGranularity) and width % fb.m == 0:
         return fb, f"fallback nm({fb.n}:{fb.m})"
     log.warning("groups: layer '%s' has %d input channels, not a multiple of M=%d; it stays dense", name, width, g.m)
     return None, f"{width} inputs not a multiple of M={g.m}"
@@ -137,12 +156,12 @@ def add_nm_groups(model: nn.Module, rules: Mapping[str, LayerRule | None], layou
     """N:M phase: element groups, one scope per block of M consecutive inputs (see module docstring)."""
     for name, m in model.named_modules():
         rule = rules.get(name)
-        if rule is None or rule.granularity.kind == "none" or not conv_or_linear(m):
+        if rule is None or isinstance(rule.granularity, NoGranularity) or not conv_or_linear(m):
             continue
-        if rule.granularity.kind != "nm":
+        if not isinstance(rule.granularity, NMGranularity):
             raise ConfigError(f"rule {rule.match!r} has kind '{rule.granularity.kind}' in the nm phase; use nm or none")
         w = _weight_of(name, m)
-        g, note = _nm_granularity(name, rule, int(w.shape[1]))
+        g, note = _nm_granularity(name, rule.granularity, rule.fallback, int(w.shape[1]))
         if g is None:
             layout.dense.append({"layer": name, "reason": note})
             continue

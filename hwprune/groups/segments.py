@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from hwprune.base.errors import ConfigError
+from hwprune.models.attention import attention_spec
+
 __all__ = [
+    "Claims",
     "Segment",
     "Entry",
     "Layout",
@@ -80,6 +84,17 @@ class Entry:
 
 
 @dataclass
+class Claims:
+    """What earlier builders took: module names inside ``layer`` branches, parameters of ``head`` groups.
+
+    Channel sets touching a claimed module or parameter stay dense (their elements are grouped already).
+    """
+
+    modules: set[str] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
+
+
+@dataclass
 class Layout:
     """Everything a builder found: segments, entries and the reasons some layers stay dense."""
 
@@ -127,30 +142,50 @@ def run_model(model: nn.Module, example_inputs: Any) -> Any:
     return model(example_inputs)
 
 
+def _hook_width(m: nn.Module) -> tuple[int, int] | None:
+    """(output width, batch axis) of modules whose positions are recorded, else None."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels, 0
+    if isinstance(m, nn.Linear):
+        return m.out_features, 0
+    spec = attention_spec(m)
+    if isinstance(spec, str):
+        return None
+    width = next(sl.view[0] for sl in spec.slices if sl.param == f"{spec.out}.weight")
+    return width, 0 if getattr(m, "batch_first", True) else 1
+
+
 def record_spatial(model: nn.Module, example_inputs: Any) -> dict[str, int]:
-    """Output positions per sample of every conv/linear (H_out*W_out, or tokens for a Linear).
+    """Output positions per sample of every conv/linear/attention module (H_out*W_out, or tokens).
 
     Runs one forward pass in eval mode under ``no_grad``; training flags are restored.
+
+    Raises:
+        ConfigError: the model fails on ``example_inputs`` (one line with the input shape and the error).
     """
     spatial: dict[str, int] = {}
     hooks = []
 
-    def make_hook(name: str, channels: int):
+    def make_hook(name: str, channels: int, batch_axis: int) -> Callable[[nn.Module, Any, Any], None]:
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
             out = out[0] if isinstance(out, (tuple, list)) else out
-            per_sample = out.numel() // max(int(out.shape[0]), 1) if out.dim() > 1 else out.numel()
+            per_sample = out.numel() // max(int(out.shape[batch_axis]), 1) if out.dim() > 1 else out.numel()
             spatial[name] = max(per_sample // max(channels, 1), 1)
         return hook
 
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            hooks.append(m.register_forward_hook(make_hook(name, m.out_channels)))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(make_hook(name, m.out_features)))
+        found = _hook_width(m)
+        if found is not None:
+            hooks.append(m.register_forward_hook(make_hook(name, *found)))
     try:
         with preserve_mode(model), torch.no_grad():
             model.eval()
             run_model(model, example_inputs)
+    except Exception as exc:  # noqa: BLE001 - re-raised in the user's terms
+        shape = tuple(example_inputs.shape) if isinstance(example_inputs, Tensor) else type(example_inputs).__name__
+        raise ConfigError(f"{type(model).__name__} fails on an example input of shape {shape} "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); pass an input the model "
+                          "accepts") from exc
     finally:
         for h in hooks:
             h.remove()
@@ -177,14 +212,18 @@ def macs_per_out_channel(module: nn.Module, spatial: int) -> float:
     """MACs per sample producing one output channel (``C_in/groups * k * HW_out``)."""
     if isinstance(module, nn.Linear):
         return float(module.in_features * spatial)
-    return float(module.in_channels // module.groups * _kernel(module) * spatial)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return float(module.in_channels // module.groups * _kernel(module) * spatial)
+    raise TypeError(f"not a conv or Linear layer: {type(module).__name__}")
 
 
 def macs_per_in_column(module: nn.Module, spatial: int) -> float:
     """MACs per sample that consume one input channel / feature (``O/groups * k * HW_out``)."""
     if isinstance(module, nn.Linear):
         return float(module.out_features * spatial)
-    return float(module.out_channels // module.groups * _kernel(module) * spatial)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return float(module.out_channels // module.groups * _kernel(module) * spatial)
+    raise TypeError(f"not a conv or Linear layer: {type(module).__name__}")
 
 
 def macs_per_weight(module: nn.Module, spatial: int) -> float:

@@ -8,6 +8,8 @@ identity shortcut) and ``act`` (module, ``nn.Identity`` when there is no post-ad
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -37,8 +39,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``act(shortcut(x) + branch(x))`` (``act(shortcut(x))`` once the branch is removed)."""
         if self.branch is None:
-            return self.act(self.shortcut(x))
-        return self.act(self.shortcut(x) + self.branch(x))
+            return cast(Tensor, self.act(self.shortcut(x)))
+        return cast(Tensor, self.act(self.shortcut(x) + self.branch(x)))
 
 
 def conv_bn(

@@ -6,6 +6,7 @@ All take images ``(N, in_channels, input_size, input_size)`` and return logits `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -44,7 +45,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, num_classes) logits."""
-        return self.fc(self.features(x))
+        return cast(Tensor, self.fc(self.features(x)))
 
 
 class LeNet5(nn.Module):
@@ -79,7 +80,7 @@ class LeNet5(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, num_classes) logits."""
         x = self.flatten(self.features(x))
-        return self.fc(self.relu(self.fc2(self.relu(self.fc1(x)))))
+        return cast(Tensor, self.fc(self.relu(self.fc2(self.relu(self.fc1(x))))))
 
 
 class DigitsCNN(nn.Module):
@@ -104,7 +105,7 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, num_classes) logits."""
-        return self.fc(self.flatten(self.pool(self.features(x))))
+        return cast(Tensor, self.fc(self.flatten(self.pool(self.features(x)))))
 
 
 class VGG(nn.Module):
@@ -138,7 +139,7 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, num_classes) logits."""
-        return self.fc(self.flatten(self.pool(self.features(x))))
+        return cast(Tensor, self.fc(self.flatten(self.pool(self.features(x)))))
 
 
 def _finish(model: nn.Module) -> nn.Module:

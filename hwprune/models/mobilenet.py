@@ -7,6 +7,8 @@ are plain :class:`InvertedResidual` modules. Channel counts are multiples of 8.
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from hwprune.base.errors import ConfigError
@@ -46,7 +48,7 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Apply the block to (N, C, H, W) features."""
-        return self.conv(x)
+        return cast(Tensor, self.conv(x))
 
 
 def inverted_residual(in_ch: int, out_ch: int, stride: int, expand: int) -> nn.Module:
@@ -95,7 +97,7 @@ class MobileNetV2(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, num_classes) logits."""
-        return self.fc(self.flatten(self.pool(self.features(x))))
+        return cast(Tensor, self.fc(self.flatten(self.pool(self.features(x)))))
 
 
 @register_model("mobilenetv2")

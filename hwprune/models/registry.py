@@ -11,7 +11,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import nn
 
@@ -61,7 +61,7 @@ def _resolve(name: str) -> Callable[..., Any]:
         fn = getattr(module, attr, None)
         if fn is None or not callable(fn):
             raise ConfigError(f"model {name!r}: module {module_name!r} has no callable {attr!r}")
-        return fn
+        return cast(Callable[..., Any], fn)
     key = name.strip().lower()
     if key in _REGISTRY:
         return _REGISTRY[key]
@@ -122,7 +122,7 @@ def create_model(
         _check_positive_int(arg, value)
     fn = _resolve(name)
     try:
-        params = inspect.signature(fn).parameters
+        params: Mapping[str, inspect.Parameter] = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature: pass only the user's kwargs
         params = {}
     has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -149,7 +149,7 @@ def create_model(
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r} returned {type(model).__name__}, expected torch.nn.Module")
     spec_name = name if ":" in name else name.strip().lower()
-    model.hwprune_spec = {"name": spec_name, "kwargs": _jsonable({**base, **kwargs})}
+    setattr(model, "hwprune_spec", {"name": spec_name, "kwargs": _jsonable({**base, **kwargs})})  # noqa: B010
     return model
 
 

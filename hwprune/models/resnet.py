@@ -7,6 +7,8 @@ Downsampling blocks use a 1x1 conv + BN shortcut (option B), so every shortcut i
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from hwprune.base.errors import ConfigError
@@ -45,7 +47,7 @@ class CifarResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, H, W) images -> (N, num_classes) logits."""
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(self.flatten(self.pool(x)))
+        return cast(Tensor, self.fc(self.flatten(self.pool(x))))
 
 
 def _check_size(name: str, input_size: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from hwprune.base.errors import ConfigError
 
@@ -68,7 +69,7 @@ def check_bool(obj: object, name: str) -> None:
         raise FieldError(type(obj).__name__, name, f"expected true/false, got {describe(value)}")
 
 
-def as_tuple(obj: object, name: str) -> tuple:
+def as_tuple(obj: object, name: str) -> tuple[Any, ...]:
     """Coerce the list-like ``obj.name`` to a tuple in place (frozen dataclass) and return it."""
     value = getattr(obj, name)
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):

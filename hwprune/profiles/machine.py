@@ -34,7 +34,7 @@ from typing import Any
 
 from hwprune.base.errors import ConfigError
 from hwprune.profiles.io import list_profiles, load_profile, load_user_profiles
-from hwprune.profiles.schema import HardwareProfile
+from hwprune.profiles.schema import HardwareProfile, NoGranularity
 
 __all__ = [
     "MachineFacts",
@@ -70,7 +70,6 @@ _VENDORS = {"genuineintel": "intel", "authenticamd": "amd", "hygongenuine": "hyg
 _CUDA_FAMILIES: tuple[tuple[tuple[int, int], str], ...] = (
     ((12, 0), "blackwell"), ((10, 0), "blackwell"), ((9, 0), "hopper"), ((8, 9), "ada"), ((8, 0), "ampere"),
     ((7, 5), "turing"), ((7, 0), "volta"), ((6, 0), "pascal"), ((0, 0), "older"))
-_REMOVABLE_KINDS = ("channel", "channel_block", "layer")
 
 
 def _norm_arch(arch: str) -> str:
@@ -189,8 +188,8 @@ def _is_generic(p: HardwareProfile) -> bool:
 
 
 def _removable(p: HardwareProfile) -> bool:
-    kinds = [r.granularity.kind for r in p.rules_for_phase("structured") if r.granularity.kind != "none"]
-    return bool(kinds) and all(k in _REMOVABLE_KINDS for k in kinds)
+    grans = [r.granularity for r in p.rules_for_phase("structured") if not isinstance(r.granularity, NoGranularity)]
+    return bool(grans) and all(g.removable for g in grans)
 
 
 def _match_cuda(p: HardwareProfile, facts: MachineFacts) -> ProfileMatch:

@@ -75,7 +75,8 @@ def _granularity(ctx: _Ctx, value: Any, path: str) -> Granularity:
     cls = GRANULARITY_TYPES[kind]
     params = tuple(f.name for f in fields(cls))
     ctx.keys(d, path, ("kind", *params), required=params)
-    return ctx.build(cls, path, **{p: d[p] for p in params})
+    gran: Granularity = ctx.build(cls, path, **{p: d[p] for p in params})
+    return gran
 
 
 def _compute_capability(value: Any) -> Any:
@@ -131,11 +132,12 @@ def parse_profile(data: Any, source: str = "<dict>") -> HardwareProfile:
             optional["calibration"] = calibration_from_dict(cal)
         except FieldError as exc:
             raise ctx.error(f"calibration.{exc.field}", exc.detail) from None
-    return ctx.build(
+    profile: HardwareProfile = ctx.build(
         HardwareProfile, "", name=d["name"], schema_version=d["schema_version"],
         description=d.get("description") or "", device=ctx.build(DeviceSpec, "device", **dev),
         rules=tuple(rules), bench=ctx.build(BenchSpec, "bench", **dict(bench or {})),
         notes=d.get("notes") or "", source=source, **optional)
+    return profile
 
 
 def profile_from_dict(d: Mapping[str, Any], source: str = "<dict>") -> HardwareProfile:

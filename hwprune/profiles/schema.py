@@ -9,7 +9,7 @@ within each phase, and ``none`` rules apply to both phases. Pure Python + PyYAML
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -36,15 +36,14 @@ __all__ = [
     "LayerGranularity",
     "NMGranularity",
     "NoGranularity",
+    "HeadGranularity",
+    "MLPBlockGranularity",
     "Granularity",
     "GRANULARITY_TYPES",
     "LayerRule",
     "DeviceSpec",
     "BenchSpec",
     "HardwareProfile",
-    "match_rule",
-    "rule_matches",
-    "unmatched_rules",
 ]
 
 SCHEMA_VERSION = 1
@@ -58,6 +57,7 @@ class UnstructuredGranularity:
 
     kind: ClassVar[str] = "unstructured"
     phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class ChannelGranularity:
 
     kind: ClassVar[str] = "channel"
     phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ChannelBlockGranularity:
     block: int
     kind: ClassVar[str] = "channel_block"
     phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_int(self, "block", 1)
@@ -86,6 +88,7 @@ class KernelShapeGranularity:
 
     kind: ClassVar[str] = "kernel_shape"
     phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class LayerGranularity:
 
     kind: ClassVar[str] = "layer"
     phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class NMGranularity:
     m: int
     kind: ClassVar[str] = "nm"
     phase: ClassVar[str] = "nm"
+    removable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_int(self, "n", 1)
@@ -118,13 +123,54 @@ class NoGranularity:
 
     kind: ClassVar[str] = "none"
     phase: ClassVar[str] = "any"
+    removable: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class HeadGranularity:
+    """Whole attention heads of a matched attention module; removable.
+
+    One group per head: the head's rows of the query, key and value projections (weights and
+    biases) and the matching input columns of the output projection. Matches
+    ``nn.MultiheadAttention`` (packed ``in_proj_weight``) and modules with ``num_heads``/``head_dim``
+    attributes and q/k/v (or packed ``qkv``) plus output ``Linear`` projections.
+    """
+
+    kind: ClassVar[str] = "head"
+    phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class MLPBlockGranularity:
+    """Hidden width of a matched MLP module in ``block`` consecutive channels; removable.
+
+    Applies to every coupled channel set produced and consumed inside the matched module (the
+    first Linear's output rows, coupled to the second Linear's input columns); combined with the
+    blocks of the layers' own rules by least common multiple.
+    """
+
+    block: int
+    kind: ClassVar[str] = "mlp_block"
+    phase: ClassVar[str] = "structured"
+    removable: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_int(self, "block", 1)
 
 
 Granularity = (UnstructuredGranularity | ChannelGranularity | ChannelBlockGranularity | KernelShapeGranularity
-               | LayerGranularity | NMGranularity | NoGranularity)
+               | LayerGranularity | NMGranularity | NoGranularity | HeadGranularity | MLPBlockGranularity)
 GRANULARITY_TYPES: dict[str, type] = {cls.kind: cls for cls in (
     UnstructuredGranularity, ChannelGranularity, ChannelBlockGranularity, KernelShapeGranularity,
-    LayerGranularity, NMGranularity, NoGranularity)}
+    LayerGranularity, NMGranularity, NoGranularity, HeadGranularity, MLPBlockGranularity)}
+
+
+# Granularities whose fallback is restricted further than "same phase or none".
+_FALLBACKS: dict[type, tuple[type[Granularity], ...]] = {
+    HeadGranularity: (NoGranularity,),
+    MLPBlockGranularity: (ChannelGranularity, ChannelBlockGranularity, NoGranularity),
+}
 
 
 def _check_granularity(obj: object, name: str, allow_none: bool = False) -> None:
@@ -173,6 +219,11 @@ class LayerRule:
                 raise FieldError("LayerRule", "fallback", f"fallback kind '{fb.kind}' (phase {fb.phase}) does not "
                                  f"fit granularity '{self.granularity.kind}' (phase {self.granularity.phase}); "
                                  "use a granularity of the same phase or 'none'")
+            allowed = _FALLBACKS.get(type(self.granularity))
+            if allowed is not None and not isinstance(fb, allowed):
+                valid = ", ".join(c.kind for c in allowed)
+                raise FieldError("LayerRule", "fallback", f"granularity '{self.granularity.kind}' takes a fallback of "
+                                 f"kind {valid}; got '{fb.kind}'")
 
     def matches(self, name: str, type_names: Sequence[str]) -> bool:
         """True if this rule selects the module ``name`` whose MRO class names are ``type_names``."""
@@ -329,25 +380,3 @@ class HardwareProfile:
 def _check_phase(phase: str) -> None:
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}{suggest(str(phase), PHASES)}; valid: {', '.join(PHASES)}")
-
-
-# ----------------------------------------------------------------------------- matching
-def rule_matches(rule: LayerRule, name: str, type_names: Sequence[str]) -> bool:
-    """Function form of :meth:`LayerRule.matches`."""
-    return rule.matches(name, type_names)
-
-
-def match_rule(profile: HardwareProfile, phase: str, name: str, type_names: Sequence[str]) -> LayerRule | None:
-    """First rule of ``phase`` that matches module ``name`` (MRO class names ``type_names``), else None."""
-    for rule in profile.rules_for_phase(phase):
-        if rule.matches(name, type_names):
-            return rule
-    return None
-
-
-def unmatched_rules(profile: HardwareProfile, phase: str,
-                    module_records: Iterable[tuple[str, Sequence[str]]]) -> list[LayerRule]:
-    """Non-optional rules of ``phase`` that match none of ``module_records`` ((name, type_names) pairs)."""
-    records = [(name, tuple(types)) for name, types in module_records]
-    return [r for r in profile.rules_for_phase(phase)
-            if not r.optional and not any(r.matches(n, t) for n, t in records)]

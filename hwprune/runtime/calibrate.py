@@ -15,7 +15,8 @@ Widths are every integer from ``min_width`` to ``min_width + 3 * max_block``. Th
 go to ``hwprune.runtime.staircase.find_staircase``. ``calibrated_profile`` writes the blocks into
 ``channel_block`` rules (``Conv2d``: the larger of the conv and depthwise blocks, since a depthwise
 conv's channels are grouped with the 1x1 conv that produces them; ``Linear``: the larger of linear
-and attention_mlp) and the whole measurement into the profile's ``calibration`` block. An ambiguous
+and attention_mlp), the ``attention_mlp`` block into the transformer-MLP ``mlp_block`` rule (after the
+bundled profiles' whole-head rules) and the whole measurement into the profile's ``calibration`` block. An ambiguous
 kind keeps ``fallback_block`` (the best bundled profile's alignment for this machine) and is listed.
 """
 
@@ -38,7 +39,14 @@ from hwprune.base.errors import ConfigError
 from hwprune.profiles import BenchSpec, HardwareProfile
 from hwprune.profiles.calibration import LAYER_KINDS, CalibrationInfo
 from hwprune.profiles.machine import MachineFacts
-from hwprune.profiles.schema import ChannelBlockGranularity, ChannelGranularity, DeviceSpec, LayerRule
+from hwprune.profiles.schema import (
+    ChannelBlockGranularity,
+    ChannelGranularity,
+    DeviceSpec,
+    HeadGranularity,
+    LayerRule,
+    MLPBlockGranularity,
+)
 from hwprune.runtime.staircase import CANDIDATES, Staircase, find_staircase
 
 __all__ = ["CalibrationSettings", "KindCurve", "CalibrationResult", "probe_model", "calibrate",
@@ -198,6 +206,12 @@ def calibrate(settings: CalibrationSettings, *, facts: MachineFacts | None = Non
     return CalibrationResult(settings, curves, facts, _versions(settings.backend), time.perf_counter() - t0)
 
 
+# The bundled CPU profiles' transformer rules (hardware_profiles/x86-avx2-ort.yaml): whole heads of
+# nn.MultiheadAttention and of q/k/v attention modules, MLP hidden width in the measured block.
+HEAD_MATCHES = ("MultiheadAttention", "re:(.*\\.)?(attn|attention|self_attn|self_attention)")
+MLP_MATCH = "re:(.*\\.)?(mlp|ffn|feed_forward)"
+
+
 def _combined(blocks: dict[str, int], kinds: Sequence[str], fallback: int, ambiguous: Sequence[str]) -> int | None:
     vals = [fallback if k in ambiguous else blocks[k] for k in kinds if k in blocks]
     return max(vals) if vals else None
@@ -209,13 +223,16 @@ def calibrated_profile(result: CalibrationResult, *, name: str | None = None, fa
     s, facts = result.settings, result.machine
     blocks, amb = result.blocks(), result.ambiguous()
     name = name or f"calibrated-{s.backend}-t{s.threads}-b{s.batch}"
-    rules = []
+    rules = [LayerRule(match, HeadGranularity(), optional=True) for match in HEAD_MATCHES]
+    mlp = _combined(blocks, ("attention_mlp",), fallback_block, amb)
+    if mlp is not None and mlp > 1:
+        rules.append(LayerRule(MLP_MATCH, MLPBlockGranularity(mlp), fallback=ChannelGranularity(), optional=True))
     for match, kinds in (("Conv2d", ("conv", "depthwise")), ("Linear", ("linear", "attention_mlp"))):
         block = _combined(blocks, kinds, fallback_block, amb)
         if block is not None:
             gran = ChannelBlockGranularity(block) if block > 1 else ChannelGranularity()
             rules.append(LayerRule(match, gran, fallback=ChannelGranularity() if block > 1 else None, optional=True))
-    if not rules:
+    if len(rules) == len(HEAD_MATCHES):
         raise ConfigError("calibration measured no conv or linear kind; nothing to write")
     gpu = max(facts.gpus, key=lambda g: g[1])[0] if facts.gpus else None
     if s.provider == "cuda":

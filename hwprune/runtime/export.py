@@ -1,9 +1,14 @@
-"""ONNX export with a numerical contract, and an N:M sparsity-pattern check on the exported weights.
+"""ONNX export with a numerical contract and an exporter fallback.
 
 ``to_onnx`` writes one self-contained ``.onnx`` file (no external data) atomically and runs the
 full ONNX checker; ``validate_onnx`` compares ONNX Runtime (CPU EP) with PyTorch on *fresh* random
-inputs at batch 1 and 3 and reports every output; ``check_nm_pattern`` verifies that each block of
-``m`` consecutive weights along the reduction dimension has at most ``n`` nonzeros.
+inputs at batch 1 and 3 and reports every output. Both exporters are tried before giving up: the
+configured one first (TorchScript by default, ``ExportConfig.dynamo`` for ``torch.export``), then
+the other; ``export_and_validate`` also moves on when the first exporter's model fails the parity
+check. The report records which exporter produced the file and why the first was dropped; when
+both fail, ``ExportFailed`` is one line naming the model, the failing op and what to try.
+``nn.MultiheadAttention``'s fused fast path is off while exporting (no ONNX op exists for it).
+``check_nm_pattern`` (re-exported from ``hwprune.runtime.nmcheck``) checks N:M patterns.
 ``onnx`` / ``onnxruntime`` / ``onnxslim`` are imported lazily.
 """
 
@@ -23,9 +28,11 @@ from torch import nn
 from hwprune.base.errors import ConfigError, NumericalMismatchError
 from hwprune.base.files import atomic_path, atomic_write_json
 from hwprune.base.optional import import_optional
+from hwprune.runtime.nmcheck import NMReport, check_nm_pattern
 
-__all__ = ["ATOL", "RTOL", "MIN_OPSET", "ExportConfig", "ExportReport", "NMReport", "OutputShapeMismatch",
-           "ToleranceExceeded", "to_onnx", "validate_onnx", "export_and_validate", "check_nm_pattern"]
+__all__ = ["ATOL", "RTOL", "MIN_OPSET", "EXPORTERS", "ExportConfig", "ExportReport", "ExportFailed", "NMReport",
+           "OutputShapeMismatch", "ToleranceExceeded", "to_onnx", "export_onnx", "validate_onnx",
+           "export_and_validate", "check_nm_pattern"]
 
 ATOL = 1e-5  # fp32 ORT-vs-PyTorch absolute tolerance
 RTOL = 1e-4  # fp32 ORT-vs-PyTorch relative tolerance
@@ -43,6 +50,13 @@ class OutputShapeMismatch(NumericalMismatchError):  # noqa: N818 - name fixed by
 
 class ToleranceExceeded(NumericalMismatchError):  # noqa: N818 - name fixed by the design
     """At least one output differs by more than ``atol + rtol * |reference|``."""
+
+
+class ExportFailed(ConfigError):  # noqa: N818 - reads as the event, like the two above
+    """Neither ONNX exporter produced a checked file; the message names the model, the op and what to try."""
+
+
+EXPORTERS = ("torchscript", "dynamo")
 
 
 @dataclass(frozen=True)
@@ -86,29 +100,12 @@ class ExportReport:
     max_rel_diff: float = 0.0
     passed: bool = True
     simplified: bool = False
+    exporter: str = "torchscript"
+    fallback_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
         return asdict(self)
-
-
-@dataclass
-class NMReport:
-    """Per-tensor N:M counts from ``check_nm_pattern``; ``skipped`` names weights not stored as initializers."""
-
-    n: int
-    m: int
-    tensors: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when no block in any checked tensor has more than ``n`` nonzeros."""
-        return all(t["violating_blocks"] == 0 for t in self.tensors)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return {**asdict(self), "ok": self.ok}
 
 
 def _as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
@@ -134,28 +131,82 @@ def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _dynamic_kwargs(args: tuple[torch.Tensor, ...], n_out: int, cfg: ExportConfig) -> dict[str, Any]:
+def _dynamic_kwargs(args: tuple[torch.Tensor, ...], n_out: int, cfg: ExportConfig, dynamo: bool) -> dict[str, Any]:
     if not cfg.dynamic_batch:
         return {}
-    if cfg.dynamo:
+    if dynamo:
         batch = torch.export.Dim.DYNAMIC
         return {"dynamic_shapes": tuple({0: batch} for _ in args)}
     names = list(cfg.input_names[: len(args)]) + list(cfg.output_names[:n_out])
     return {"dynamic_axes": {name: {0: "batch"} for name in names}}
 
 
-def to_onnx(model: nn.Module, example_inputs: Inputs, path: str | Path, cfg: ExportConfig | None = None) -> Path:
-    """Export ``model`` (in eval mode) to a single ONNX file at ``path`` and run the full checker.
+@contextlib.contextmanager
+def _export_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no_grad, no DeprecationWarnings and no fused MultiheadAttention fast path."""
+    mha = getattr(torch.backends, "mha", None)
+    was = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        if mha is not None:
+            mha.set_fastpath_enabled(False)
+        with _eval_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        if mha is not None and was is not None:
+            mha.set_fastpath_enabled(was)
+
+
+def _export_once(model: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, cfg: ExportConfig, n_out: int,
+                 exporter: str) -> None:
+    dynamo = exporter == "dynamo"
+    if dynamo and cfg.dynamic_batch and args and int(args[0].shape[0]) == 1:
+        args = tuple(torch.cat([a, a]) for a in args)  # torch.export specialises a batch of 1
+    kwargs: dict[str, Any] = dict(
+        input_names=list(cfg.input_names), output_names=list(cfg.output_names), dynamo=dynamo,
+        opset_version=max(int(cfg.opset), _DYNAMO_MIN_OPSET) if dynamo else int(cfg.opset),
+        **_dynamic_kwargs(args, n_out, cfg, dynamo))
+    kwargs.update(dict(external_data=False, verbose=False) if dynamo else dict(do_constant_folding=True))
+    with _export_mode(model):
+        torch.onnx.export(model, args, str(tmp), **kwargs)
+
+
+def _one_line(exc: BaseException, limit: int = 240) -> str:
+    """The first sentence of an exporter error (its graph dumps and stack frames dropped)."""
+    text = str(exc).split("[Caused by", 1)[0]
+    text = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hint(errors: Sequence[str]) -> str:
+    text = " ".join(errors)
+    if "adaptive_avg_pool" in text or "adaptive_max_pool" in text:
+        return "use an input size whose feature map is a multiple of the adaptive pool's output size"
+    if "opset" in text.lower():
+        return "try a newer opset (ExportConfig(opset=18) / --opset 18)"
+    return "check that the model runs in eval mode on the example input; replace the named op or keep it in PyTorch"
+
+
+def _order(cfg: ExportConfig) -> tuple[str, ...]:
+    return ("dynamo", "torchscript") if cfg.dynamo else EXPORTERS
+
+
+def export_onnx(model: nn.Module, example_inputs: Inputs, path: str | Path, cfg: ExportConfig | None = None,
+                *, exporters: Sequence[str] | None = None) -> tuple[Path, str, str]:
+    """Export with the first exporter that succeeds; returns ``(path, exporter, why the others failed)``.
 
     Args:
         model: the network; its train/eval mode is restored afterwards.
         example_inputs: a tensor (e.g. ``(1, C, H, W)``) or a tuple of tensors, one per input name.
         path: destination; written to a temporary file first, then moved with ``os.replace``.
         cfg: export settings; batch axis 0 of every input and output is symbolic when
-            ``cfg.dynamic_batch``; with ``cfg.dynamo`` the opset is at least 18.
+            ``cfg.dynamic_batch``; the dynamo exporter uses opset >= 18.
+        exporters: names from ``EXPORTERS`` in the order to try (default: ``cfg.dynamo`` decides
+            which comes first).
 
-    Returns:
-        The path written.
+    Raises:
+        ExportFailed: every exporter failed (one line: model, each exporter's error, what to try).
     """
     cfg = cfg or ExportConfig()
     onnx = import_optional("onnx", extra="onnx")
@@ -167,19 +218,31 @@ def to_onnx(model: nn.Module, example_inputs: Inputs, path: str | Path, cfg: Exp
         n_out = len(_flatten_outputs(model(*args)))
     if n_out != len(cfg.output_names):
         raise ConfigError(f"model returns {n_out} outputs but output_names={list(cfg.output_names)}")
-    kwargs: dict[str, Any] = dict(
-        input_names=list(cfg.input_names), output_names=list(cfg.output_names), dynamo=cfg.dynamo,
-        opset_version=max(int(cfg.opset), _DYNAMO_MIN_OPSET) if cfg.dynamo else int(cfg.opset),
-        **_dynamic_kwargs(args, n_out, cfg))
-    kwargs.update(dict(external_data=False, verbose=False) if cfg.dynamo else dict(do_constant_folding=True))
-    with atomic_path(path) as tmp:
-        with _eval_mode(model), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, args, str(tmp), **kwargs)
-        if cfg.simplify:
-            _simplify_in_place(tmp, cfg)
-        onnx.checker.check_model(str(tmp), full_check=True)
-    return path
+    errors: list[str] = []
+    for exporter in exporters or _order(cfg):
+        try:
+            with atomic_path(path) as tmp:
+                _export_once(model, args, tmp, cfg, n_out, exporter)
+                if cfg.simplify:
+                    _simplify_in_place(tmp, cfg)
+                onnx.checker.check_model(str(tmp), full_check=True)
+        except NumericalMismatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the next exporter
+            errors.append(f"{exporter}: {_one_line(exc)}")
+            continue
+        return path, exporter, "; ".join(errors)
+    raise ExportFailed(f"ONNX export of {type(model).__name__} failed with every exporter ({'; '.join(errors)}); "
+                       f"{_hint(errors)}")
+
+
+def to_onnx(model: nn.Module, example_inputs: Inputs, path: str | Path, cfg: ExportConfig | None = None) -> Path:
+    """Export ``model`` (in eval mode) to a single checked ONNX file at ``path`` (see :func:`export_onnx`).
+
+    Returns:
+        The path written.
+    """
+    return export_onnx(model, example_inputs, path, cfg)[0]
 
 
 def _simplify_in_place(path: Path, cfg: ExportConfig) -> None:
@@ -283,90 +346,34 @@ def validate_onnx(model: nn.Module, path: str | Path, cfg: ExportConfig | None =
 
 def export_and_validate(model: nn.Module, example_inputs: Inputs, path: str | Path, cfg: ExportConfig | None = None,
                         *, report_path: str | Path | None = None) -> ExportReport:
-    """``to_onnx``, then ``validate_onnx`` with ``example_inputs`` as an extra case.
+    """``export_onnx``, then ``validate_onnx`` with ``example_inputs`` as an extra case.
 
-    ``report_path`` (optional) gets the report JSON atomically, also on failure (``passed: false`` and every
-    mismatch) before the error is re-raised.
+    If the file of the first exporter fails the parity check, the other exporter is tried; the
+    report says which exporter produced the file (``exporter``) and why the first one was dropped
+    (``fallback_reason``). ``report_path`` (optional) gets the report JSON atomically, also on
+    failure (``passed: false`` and every mismatch) before the error is re-raised.
     """
     cfg = cfg or ExportConfig()
-    path = to_onnx(model, example_inputs, path, cfg)
-    try:
-        report = validate_onnx(model, path, cfg, inputs=example_inputs)
-    except NumericalMismatchError as exc:
-        if report_path is not None:
-            atomic_write_json(Path(report_path), {"path": str(path), "passed": False, "error": str(exc),
-                                            "mismatches": exc.mismatches, "atol": cfg.atol, "rtol": cfg.rtol})
-        raise
+    order = list(_order(cfg))
+    failures: list[str] = []
+    while True:
+        path, exporter, why = export_onnx(model, example_inputs, path, cfg, exporters=order)
+        failures += [why] if why else []
+        try:
+            report = validate_onnx(model, path, cfg, inputs=example_inputs)
+            break
+        except NumericalMismatchError as exc:
+            rest = order[order.index(exporter) + 1:]
+            if not rest:
+                if report_path is not None:
+                    atomic_write_json(Path(report_path), {
+                        "path": str(path), "passed": False, "error": str(exc), "mismatches": exc.mismatches,
+                        "atol": cfg.atol, "rtol": cfg.rtol, "exporter": exporter,
+                        "fallback_reason": "; ".join(failures)})
+                raise
+            failures.append(f"{exporter}: {' '.join(str(exc).split())[:200]}")
+            order = rest
+    report.exporter, report.fallback_reason = exporter, "; ".join(failures)
     if report_path is not None:
         atomic_write_json(Path(report_path), report.to_dict())
-    return report
-
-
-
-def _weight_axes(graph: Any) -> dict[str, tuple[str, str, int]]:
-    """Map weight initializer name -> (node name, op type, reduction axis) for Conv/Gemm/MatMul."""
-    out: dict[str, tuple[str, str, int]] = {}
-    for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        # Conv [K, C/groups, R, S]: input channels; Gemm [out, in] if transB else [in, out]; MatMul B [..., K, N]
-        axis = {"Conv": 1, "Gemm": 1 if trans_b else 0}.get(node.op_type, -2)
-        out.setdefault(node.input[1], (node.name, node.op_type, axis))
-    return out
-
-
-def _nm_counts(w: np.ndarray, axis: int, n: int, m: int) -> dict[str, Any]:
-    """Count per-block nonzeros for blocks of ``m`` consecutive entries along ``axis`` (tail zero-padded)."""
-    moved = np.moveaxis(w, axis, -1)
-    c = moved.shape[-1]
-    rows = moved.reshape(-1, c)
-    pad = (-c) % m
-    if pad:
-        rows = np.concatenate([rows, np.zeros((rows.shape[0], pad), dtype=rows.dtype)], axis=1)
-    nnz = np.count_nonzero(rows.reshape(-1, m), axis=1)
-    return {"shape": list(w.shape), "axis": axis % w.ndim, "blocks": int(nnz.size), "padded": bool(pad),
-            "violating_blocks": int((nnz > n).sum()), "max_nonzeros": int(nnz.max(initial=0)),
-            "nonzeros": int(np.count_nonzero(w)), "numel": int(w.size),
-            "sparsity": float(1.0 - np.count_nonzero(w) / max(w.size, 1))}
-
-
-def check_nm_pattern(onnx_path: str | Path, n: int, m: int, weight_names: Sequence[str] | None = None) -> NMReport:
-    """Verify the N:M pattern on every Conv/Gemm/MatMul weight initializer (or only ``weight_names``).
-
-    ``weight_names`` may be initializer or node names (``"/layer1/conv/Conv"``; BN folding renames weights).
-
-    Blocks are ``m`` consecutive weights along the reduction dim: for a Conv weight ``[K, C, R, S]``,
-    ``m`` consecutive ``C`` at fixed ``(k, r, s)``; for Gemm ``[out, in]`` (transB=1), ``m`` consecutive ``in``.
-
-    Raises:
-        ConfigError: bad ``n``/``m`` or a requested weight name that is not a Conv/Gemm/MatMul initializer.
-        NumericalMismatchError: some block has more than ``n`` nonzeros (lists every violating tensor).
-    """
-    if not 0 < n < m:
-        raise ConfigError(f"N:M pattern needs 0 < n < m, got n={n}, m={m}")
-    onnx = import_optional("onnx", extra="onnx")
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(onnx_path)).graph
-    inits = {t.name: t for t in graph.initializer}
-    axes = _weight_axes(graph)
-    by_node = {v[0]: k for k, v in axes.items() if v[0]}
-    names = list(axes) if weight_names is None else [by_node.get(w, w) for w in weight_names]
-    missing = [w for w in names if w not in axes or w not in inits] if weight_names is not None else []
-    if missing:
-        raise ConfigError(f"not a Conv/Gemm/MatMul weight initializer or node: {missing}; valid: {sorted(by_node)}")
-    report = NMReport(n=n, m=m)
-    for name in names:
-        if name not in inits:
-            report.skipped.append(name)
-            continue
-        node_name, op, axis = axes[name]
-        counts = _nm_counts(numpy_helper.to_array(inits[name]), axis, n, m)
-        report.tensors.append({"name": name, "node": node_name, "op": op, **counts})
-    bad = [t for t in report.tensors if t["violating_blocks"]]
-    if bad:  # every violating tensor is listed
-        desc = "; ".join(f"{t['name']} at {t['node']} ({t['violating_blocks']}/{t['blocks']} blocks, "
-                         f"max {t['max_nonzeros']} nonzeros)" for t in bad)
-        raise NumericalMismatchError(f"{len(bad)} tensor(s) violate {n}:{m}: {desc}", bad)
     return report

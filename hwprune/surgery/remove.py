@@ -9,6 +9,10 @@
   offsets). A coupled set is never emptied: if all its groups are zero, the first is kept.
 * layer groups: a zero residual branch is dropped (``block.branch = None``: the block becomes its
   shortcut).
+* head groups: zero heads are removed from their attention module after the channel surgery
+  (``hwprune.models.attention.prune_heads``: ``nn.MultiheadAttention`` becomes a
+  ``HeadPrunedMultiheadAttention`` with fewer heads; q/k/v/out ``Linear`` modules are sliced and
+  ``num_heads`` updated). An attention module keeps at least one head.
 * kernel-shape, unstructured and N:M groups stay as masks (zeros); ``SurgeryPlan.masks`` records them.
 
 Every call checks equivalence (masked vs compact model on random and given inputs, ``ATOL``/``RTOL``)
@@ -27,8 +31,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from hwprune.base.errors import ConfigError, NumericalMismatchError
-from hwprune.groups import GroupSet
+from hwprune.base.errors import ConfigError, HwpruneError, NumericalMismatchError
+from hwprune.groups.graph import build_graph
+from hwprune.groups.groupset import GroupSet
+from hwprune.models.attention import prune_heads
 
 __all__ = [
     "ATOL",
@@ -46,6 +52,10 @@ log = logging.getLogger(__name__)
 ATOL = 1e-5  # absolute tolerance of the masked-vs-compact equivalence check (float32)
 RTOL = 1e-4  # relative tolerance of the same check
 PLAN_VERSION = 1
+CHANNEL_KINDS = ("channel", "channel_block")  # GroupInfo.kind of removable channel groups
+HEAD_KIND = "head"
+LAYER_KIND = "layer"
+_STEP_OPS = ("drop_branch", "prune_out", "prune_heads")  # replayed in this order
 
 
 class SurgeryEquivalenceError(NumericalMismatchError):
@@ -56,7 +66,8 @@ class SurgeryEquivalenceError(NumericalMismatchError):
 class SurgeryPlan:
     """JSON-serialisable record of a surgery; ``apply_plan`` replays it on a fresh model.
 
-    ``steps``: ordered ``{"op": "prune_out", "module", "idxs"}`` / ``{"op": "drop_branch", "module"}``.
+    ``steps``: ordered ``{"op": "drop_branch", "module"}``, ``{"op": "prune_out", "module", "idxs"}``,
+    ``{"op": "prune_heads", "module", "heads"}`` (replayed in that order).
     ``shapes_before`` / ``shapes_after``: parameter name -> shape. ``widths``: per layer
     ``{"module", "before", "after", "block", "aligned"}``. ``masks``: mask kinds left in place.
     """
@@ -163,31 +174,67 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _build_dg(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-
-
-def _prune_out(dg: tp.DependencyGraph, model: nn.Module, module_name: str, idxs: list[int]) -> None:
+def _prune_out(dg: Any, model: nn.Module, module_name: str, idxs: list[int]) -> None:
     module = model.get_submodule(module_name)
     pruner = dg.get_pruner_of_module(module)
     if pruner is None:
         raise ConfigError(f"surgery: torch-pruning has no pruner for layer '{module_name}' ({type(module).__name__})")
-    group = dg.get_pruning_group(module, pruner.prune_out_channels, sorted(idxs))
-    group.prune()
+    try:
+        dg.get_pruning_group(module, pruner.prune_out_channels, sorted(idxs)).prune()
+    except HwpruneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised in the user's terms
+        raise ConfigError(f"surgery: torch-pruning failed to remove {len(idxs)} channels of layer '{module_name}' "
+                          f"of {type(model).__name__} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+                          "keep it dense with a 'none' rule") from exc
 
 
-def _zero_plan(groupset: GroupSet, tol: float) -> tuple[dict[str, list[int]], list[str], list[dict[str, Any]]]:
-    """Channels to remove per root module, branches to drop, and mask records."""
+def _prune_heads(model: nn.Module, module_name: str, heads: list[int]) -> None:
+    try:
+        new = prune_heads(model.get_submodule(module_name), heads)
+    except ValueError as exc:
+        raise ConfigError(f"surgery: cannot remove heads {heads} of '{module_name}': {exc}") from exc
+    model.set_submodule(module_name, new)
+
+
+def _never_empty(by_module: dict[str, list[tuple[list[int], bool]]], what: str) -> dict[str, list[int]]:
+    """Indices of the zero groups per module, keeping the first group of a module whose groups are all zero."""
+    remove: dict[str, list[int]] = {}
+    for name, entries in by_module.items():
+        zero = [e for e in entries if e[1]]
+        if not zero:
+            continue
+        if len(zero) == len(entries):  # never empty a layer: keep the first group (zeros)
+            log.warning("surgery: every %s group of '%s' is zero; keeping one so the layer is not emptied", what, name)
+            zero = zero[1:]
+        idxs = sorted(c for e in zero for c in e[0])
+        if idxs:
+            remove[name] = idxs
+    return remove
+
+
+@dataclass
+class _ZeroPlan:
+    channels: dict[str, list[int]]  # root module -> channels to remove
+    heads: dict[str, list[int]]  # attention module -> heads to remove
+    branches: list[str]
+    masks: list[dict[str, Any]]
+
+
+def _zero_plan(groupset: GroupSet, tol: float) -> _ZeroPlan:
+    """Channels and heads to remove per module, branches to drop, and mask records."""
     zero = ~groupset.nonzero(tol)
-    by_root: dict[str, list[tuple[int, list[int], bool]]] = {}
+    by_root: dict[str, list[tuple[list[int], bool]]] = {}
+    by_attn: dict[str, list[tuple[list[int], bool]]] = {}
     branches: list[str] = []
     masks: dict[str, dict[str, Any]] = {}
     for info in groupset.groups:
         is_zero = bool(zero[info.id])
-        if info.kind in ("channel", "channel_block"):
-            by_root.setdefault(info.root_module, []).append((info.id, list(info.channels), is_zero))
-        elif info.kind == "layer":
+        if info.kind in CHANNEL_KINDS:
+            by_root.setdefault(info.root_module, []).append((list(info.channels), is_zero))
+        elif info.kind == HEAD_KIND:
+            by_attn.setdefault(info.root_module, []).append((list(info.channels), is_zero))
+        elif info.kind == LAYER_KIND:
             if is_zero:
                 branches.append(info.root_module)
         else:
@@ -195,18 +242,7 @@ def _zero_plan(groupset: GroupSet, tol: float) -> tuple[dict[str, list[int]], li
                                                       "groups": 0})
             rec["groups"] += 1
             rec["zero_groups"] += int(is_zero)
-    remove: dict[str, list[int]] = {}
-    for root, entries in by_root.items():
-        zero_entries = [e for e in entries if e[2]]
-        if not zero_entries:
-            continue
-        if len(zero_entries) == len(entries):  # never empty a layer: keep the first group (zeros)
-            log.warning("surgery: every group of '%s' is zero; keeping one group so the layer is not emptied", root)
-            zero_entries = zero_entries[1:]
-        idxs = sorted(c for e in zero_entries for c in e[1])
-        if idxs:
-            remove[root] = idxs
-    return remove, branches, list(masks.values())
+    return _ZeroPlan(_never_empty(by_root, "channel"), _never_empty(by_attn, "head"), branches, list(masks.values()))
 
 
 def _versions() -> dict[str, str]:
@@ -241,30 +277,36 @@ def remove_zero_groups(
 
     ``model`` is left untouched (it is the masked reference of the equivalence check). ``tol`` is the
     group-norm threshold for "zero" (default exact zeros). Equivalence is checked on ``n_random``
-    random batches shaped like ``example_inputs`` (batch 4) plus ``check_inputs``.
+    random batches shaped like ``example_inputs`` (batch 4) plus ``check_inputs``. (Nine
+    parameters: the six keyword-only ones are the equivalence check's, kept here so that one call
+    both prunes and proves it.)
+
+    Raises:
+        ConfigError: a group cannot be removed (torch-pruning failed on a layer; named).
+        SurgeryEquivalenceError: the compact model differs from the masked one (every output listed).
     """
     if groupset.phase != "structured":
         raise ConfigError(f"surgery works on structured groups, got a GroupSet of phase '{groupset.phase}'")
-    remove, branches, masks = _zero_plan(groupset, tol)
+    zp = _zero_plan(groupset, tol)
     blocks: dict[str, int] = {}  # first (full) block of each set, for every producer of the set
     for g in groupset.groups:
         if g.kind == "channel_block":
             for name in g.modules:
                 blocks.setdefault(name, len(g.channels))
     compact = copy.deepcopy(model)
-    plan = SurgeryPlan(shapes_before=_shapes(model), masks=masks, versions=_versions())
+    plan = SurgeryPlan(shapes_before=_shapes(model), masks=zp.masks, versions=_versions())
     before = layer_widths(model)
-    for name in branches:
-        block = compact.get_submodule(name)
-        if not hasattr(block, "branch"):
-            raise ConfigError(f"surgery: layer group '{name}' is not a residual block (no 'branch' attribute)")
-        block.branch = None
+    for name in zp.branches:
+        _drop_branch(compact, name)
         plan.steps.append({"op": "drop_branch", "module": name})
-    if remove:
-        dg = _build_dg(compact, example_inputs)
-        for root, idxs in remove.items():
+    if zp.channels:
+        dg = build_graph(compact, example_inputs)
+        for root, idxs in zp.channels.items():
             _prune_out(dg, compact, root, idxs)
             plan.steps.append({"op": "prune_out", "module": root, "idxs": idxs})
+    for name, heads in zp.heads.items():
+        _prune_heads(compact, name, heads)
+        plan.steps.append({"op": "prune_heads", "module": name, "heads": heads})
     plan.shapes_after = _shapes(compact)
     plan.widths = _width_report(before, layer_widths(compact), blocks)
     gen = torch.Generator().manual_seed(seed)
@@ -273,6 +315,13 @@ def remove_zero_groups(
     plan.equivalence = check_equivalence(model, compact, inputs, atol=atol, rtol=rtol)
     compact.train(model.training)
     return compact, plan
+
+
+def _drop_branch(model: nn.Module, name: str) -> None:
+    block = model.get_submodule(name)
+    if not hasattr(block, "branch"):
+        raise ConfigError(f"surgery: layer group '{name}' is not a residual block (no 'branch' attribute)")
+    setattr(block, "branch", None)  # noqa: B010 - block protocol attribute
 
 
 def apply_plan(fresh_model: nn.Module, plan: SurgeryPlan | dict[str, Any], example_inputs: torch.Tensor) -> nn.Module:
@@ -286,16 +335,22 @@ def apply_plan(fresh_model: nn.Module, plan: SurgeryPlan | dict[str, Any], examp
     if plan.shapes_before and got != plan.shapes_before:
         diff = [n for n in set(got) | set(plan.shapes_before) if got.get(n) != plan.shapes_before.get(n)]
         raise ConfigError(f"surgery plan does not match this model: parameter shapes differ for {sorted(diff)[:5]}")
+    unknown = sorted({str(s.get("op")) for s in plan.steps} - set(_STEP_OPS))
+    if unknown:
+        raise ConfigError(f"surgery plan has unknown steps {unknown}; valid: {', '.join(_STEP_OPS)}")
     for step in plan.steps:
         if step["op"] == "drop_branch":
-            fresh_model.get_submodule(step["module"]).branch = None
+            _drop_branch(fresh_model, step["module"])
     prune_steps = [s for s in plan.steps if s["op"] == "prune_out"]
     if prune_steps:
         was_training = fresh_model.training
-        dg = _build_dg(fresh_model, example_inputs)  # torch-pruning's tracing switches to eval mode
+        dg = build_graph(fresh_model, example_inputs)  # torch-pruning's tracing switches to eval mode
         for step in prune_steps:
             _prune_out(dg, fresh_model, step["module"], list(step["idxs"]))
         fresh_model.train(was_training)
+    for step in plan.steps:
+        if step["op"] == "prune_heads":
+            _prune_heads(fresh_model, step["module"], list(step["heads"]))
     after = _shapes(fresh_model)
     if plan.shapes_after and after != plan.shapes_after:
         diff = [n for n in set(after) | set(plan.shapes_after) if after.get(n) != plan.shapes_after.get(n)]
