@@ -1,5 +1,8 @@
-"""Building blocks of the issue-11 WGSEF recipe: per-scope prox steps, the ridge-free DC step, the λ
-continuation, the prox target (gamma/beta part), BatchNorm recalibration and distillation."""
+"""Building blocks of the issue-11 WGSEF recipe.
+
+Per-scope prox steps, the ridge-free DC step, the λ continuation, the prox target (gamma/beta part),
+BatchNorm recalibration and distillation.
+"""
 
 from __future__ import annotations
 

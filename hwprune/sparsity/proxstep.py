@@ -50,7 +50,8 @@ def prox_factors(norms: Tensor, k: Tensor, step: float | Tensor, d: Tensor, *, r
 
     Args:
         norms: (S, m_max) group norms, zero-padded, >= 0.
-        k: (S,) budgets. step: the prox step ``lr * lam``, a float or (S,) (0 = no prox in that scope).
+        k: (S,) budgets.
+        step: the prox step ``lr * lam``, a float or (S,) (0 = no prox in that scope).
         d: (S, m_max) group weights (padding 1).
         ridge: one of ``RIDGE_MODES`` (module docstring).
         scale_free: (S,) bool, scopes that ``"renorm"`` may rescale (None: none).

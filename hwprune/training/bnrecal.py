@@ -38,6 +38,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor]) -> int:
     Args:
         model: the network; its training flag and the layers' momenta are restored afterwards.
         batches: input batches (N, C, H, W) (moved to the model's device).
+
     Returns:
         The number of BatchNorm layers recalibrated (0: none, the model is untouched).
     """

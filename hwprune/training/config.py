@@ -44,6 +44,8 @@ class TrainJobConfig:
     ``bn_recalibrate``: re-estimate BatchNorm statistics on training images after the projection
     (``hwprune.training.bnrecal``); ``distill``: add a dense-teacher distillation term
     (``distill_alpha``, ``distill_temperature``; ``hwprune.training.distill``) to the fine-tune.
+    ``rewind`` (diagnosis, config files only): after the projection, reset the kept groups to the
+    dense model's weights (the selection is kept).
     ``model_path``: directories (``os.pathsep``-separated) put on ``sys.path`` before a
     ``package.module:callable`` model is imported. :meth:`portable` makes the paths absolute, as
     ``config.yaml`` records them (a run works from any directory).
@@ -77,6 +79,7 @@ class TrainJobConfig:
     compact_finetune: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
     bn_recalibrate: bool = True
+    rewind: bool = False
     distill: bool = False
     distill_alpha: float = 0.5
     distill_temperature: float = 4.0

@@ -203,6 +203,18 @@ def _budget(gs: GroupSet, sparsity: float, k_override: torch.Tensor | None) -> t
     return k
 
 
+def _rewind_hook(dense: nn.Module, gs: GroupSet) -> Any:
+    """After the projection: the dense model's weights with the selected groups' zeros (the mask is kept)."""
+    state = {k: v.clone() for k, v in dense.state_dict().items()}
+
+    def hook(model: nn.Module, runner: PhaseRunner) -> None:
+        dropped = torch.nonzero(~gs.nonzero()).flatten()
+        model.load_state_dict(state)
+        gs.zero_(dropped)
+
+    return hook
+
+
 def _recipe(cfg: TrainJobConfig) -> dict[str, Any]:
     """The method-independent recipe steps of the job, as ``metrics.json`` records them."""
     out: dict[str, Any] = {"bn_recalibrate": cfg.bn_recalibrate, "distill": cfg.distill}
@@ -272,7 +284,9 @@ def run_train_job(
     spec = _sparsify_spec(cfg, method, options, lam, model, gs, k, runner, rd)
     # The recipe steps every method gets (issue 11): BatchNorm statistics re-estimated after the
     # projection; optionally a distillation term from the dense model in the fine-tune.
-    spec = replace(spec, hooks=Hooks(after_projection=[bn_recalibration_hook()] if cfg.bn_recalibrate else []),
+    recal = [bn_recalibration_hook()] if cfg.bn_recalibrate else []
+    after: list[Any] = [_rewind_hook(dense, gs)] if cfg.rewind else []
+    spec = replace(spec, hooks=Hooks(before_projection=recal, after_projection=after + recal),
                    finetune_batch_loss=DistillTerm(copy.deepcopy(dense), alpha=cfg.distill_alpha,
                                                    temperature=cfg.distill_temperature) if cfg.distill else None)
     res = sparsify(runner, model, gs, k, spec)
@@ -298,9 +312,7 @@ def run_train_job(
                            zeroed_by_projection=res.zeroed_by_projection,
                            zeroed_by={c: int(sum(n)) for c, n in res.zeroed_by.items() if sum(n)}),
         lam=lam, splits=SplitSizes(**bundle.split_sizes, data_seed=cfg.data_seed, val_fraction=cfg.val_fraction),
-        epochs={"dense": cfg.dense_epochs_resolved if not cfg.checkpoint else 0,
-                "sparse": cfg.epochs if method.trains else 0,
-                "finetune": cfg.finetune_epochs_resolved + (0 if method.trains else cfg.epochs)},
+        epochs={"dense": cfg.dense_epochs_resolved if not cfg.checkpoint else 0, **res.epochs},
         seconds=seconds, method_options=options.to_dict(), method_info=res.info,
         preprocessing=bundle.preprocessing, budget="sparsity" if k_override is None else "k_per_scope",
         recipe=_recipe(cfg))

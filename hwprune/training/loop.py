@@ -228,6 +228,8 @@ def train_one_epoch(
         step += 1
         if cfg.log_every and (step - start_step) % cfg.log_every == 0:
             bar.set_postfix(loss=f"{sums[0].item() / sums[3].item():.4f}", refresh=False)
+        if _stop_requested(callbacks):  # e.g. a sparse phase whose selection is finished: end the epoch here
+            break
     sums = ddp.all_reduce_sum(sums.to(dev)).cpu()
     count = max(sums[3].item(), 1.0)
     return {
@@ -236,6 +238,11 @@ def train_one_epoch(
         "train_acc": sums[2].item() / count,
         "step": float(step),
     }
+
+
+def _stop_requested(callbacks: Sequence[Any]) -> bool:
+    """True when a callback's ``stop_requested()`` asks to end the phase (identical on every DDP rank)."""
+    return any(cb.stop_requested() for cb in callbacks if hasattr(cb, "stop_requested"))
 
 
 @dataclass
@@ -344,8 +351,10 @@ def fit(
         batch_loss: ``batch_loss(inputs, outputs, labels) -> scalar`` added to the loss (a term that
             needs the batch, e.g. distillation from a teacher's outputs on ``inputs``); the record's
             ``penalty`` is the mean of both added terms.
-        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
-            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
+        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step),
+            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record) and
+            ``stop_requested() -> bool`` (after every step; True ends the phase there, e.g. a finished
+            selection: the partial epoch is recorded and checkpointed, a resumed run stops at once).
         metrics_fn: ``metrics_fn(epoch, record) -> dict | None``, merged like a callback's.
         log_path: JSON-lines log, one record per epoch, appended and flushed per line.
         checkpoint_dir: ``last.pt`` is written there (atomically) after every epoch.
@@ -364,6 +373,8 @@ def fit(
     hooks = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
     hooks += [metrics_fn] if metrics_fn is not None else []
     for epoch in range(st.start_epoch, cfg.epochs):
+        if _stop_requested(callbacks):
+            break
         _seed_epoch(st, cfg.seed, epoch)
         t0 = time.perf_counter()
         lr = float(st.optimizer.param_groups[0]["lr"])

@@ -25,7 +25,7 @@ from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD
 from hwprune.sparsity.proxstep import RIDGE_MODES
 from hwprune.sparsity.proxtarget import PROX_ON, build_prox_target
 
-__all__ = ["WgsefMethod", "WgsefOptions", "halfspace_start"]
+__all__ = ["WgsefMethod", "WgsefOptions", "SelectionDone", "halfspace_start"]
 
 SCHEDULES = ("continuation", "constant")
 PACES = ("geometric", "cubic")
@@ -57,6 +57,9 @@ class WgsefOptions(MethodOptions):
         pace: ``geometric`` (default) or ``cubic`` (growth paced by the gradual-pruning target).
         eps: half-space threshold in [0, 1): a group with ``<theta~, theta> < eps ||theta||^2`` is zeroed.
         hs_frac: fraction of the phase's steps before the half-space step starts (``constant``), in [0, 1].
+        stop_when_selected: under continuation, end the sparse phase at the step where every scope
+            is released (exactly k groups left); its remaining whole epochs go to the fine-tune, which
+            runs on the compact model (default True).
     """
 
     schedule: str = "continuation"
@@ -64,10 +67,11 @@ class WgsefOptions(MethodOptions):
     ridge: str = "cancel"
     tau0: float = 1e-4
     tau_end: float = 1.0
-    select_frac: float = 0.5
+    select_frac: float = 0.1
     pace: str = "geometric"
     eps: float = 0.05
     hs_frac: float = 0.3
+    stop_when_selected: bool = True
 
     def __post_init__(self) -> None:
         for name, valid in (("schedule", SCHEDULES), ("prox_on", PROX_ON), ("ridge", RIDGE_MODES),
@@ -82,6 +86,17 @@ class WgsefOptions(MethodOptions):
             raise ConfigError(f"eps must be in [0, 1), got {self.eps}")
         if not 0.0 <= self.hs_frac <= 1.0:
             raise ConfigError(f"hs_frac must be in [0, 1], got {self.hs_frac}")
+
+
+class SelectionDone:
+    """``fit`` callback: the sparse phase may stop once the continuation has released every scope."""
+
+    def __init__(self, controller: LamContinuation) -> None:
+        self.controller = controller
+
+    def stop_requested(self) -> bool:
+        """True when every scope has exactly k alive groups left (``fit`` checks it after every step)."""
+        return bool(self.controller.released.all())
 
 
 @register_method
@@ -113,7 +128,10 @@ class WgsefMethod(SparseMethod):
             lr=cfg.lr, lam=cfg.lam, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             grouped_weight_decay=gwd, eps=opts.eps, hs_start=hs_start, ridge=opts.ridge),  # type: ignore[arg-type]
             target=target, controller=controller)
-        return SparsePhase(optimizer=opt, callbacks=[GroupCountLogger(groupset, opt)])
+        callbacks: list[Any] = [GroupCountLogger(groupset, opt)]
+        if controller is not None and opts.stop_when_selected:
+            callbacks.append(SelectionDone(controller))
+        return SparsePhase(optimizer=opt, callbacks=callbacks)
 
     def finalize(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor,
                  phase: SparsePhase | None) -> dict[str, Any]:
