@@ -22,6 +22,7 @@ ISAS ?= default avx2
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check hwprune tests benchmarks
+	$(VENV)/bin/mypy hwprune
 	$(PY) -m pytest
 	for isa in $(ISAS); do \
 	  echo "== numerics tests under ATEN_CPU_CAPABILITY=$$isa"; \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -27,12 +28,12 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
 
     facts = detect_machine()
     ranked = rank_profiles(facts)
-    rows = None
+    rows: list[dict[str, Any]] | None = None
     if model is not None:
         rows = measure_profiles(model, facts, sparsity=sparsity, input_size=input_size, in_channels=in_channels,
                                 num_classes=num_classes, iters=iters, repeats=repeats)
     if as_json:
-        out = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked]}
+        out: dict[str, Any] = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked]}
         if rows is not None:
             out["measured"] = rows
             out["recommended"] = next((r["profile"] for r in rows if r["recommended"]), None)

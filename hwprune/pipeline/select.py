@@ -77,7 +77,8 @@ def measure_profiles(
     facts = facts or detect_machine()
     loaded = {p.name: p for p in load_all(profiles)}
     ranked = [m for m in rank_profiles(facts, list(loaded.values())) if m.matched]
-    overrides = {k: v for k, v in (("warmup", warmup), ("iters", iters), ("repeats", repeats)) if v is not None}
+    counts = (("warmup", warmup), ("iters", iters), ("repeats", repeats))
+    overrides: dict[str, Any] = {k: v for k, v in counts if v is not None}
 
     def fresh() -> torch.nn.Module:
         torch.manual_seed(seed)

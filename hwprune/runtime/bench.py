@@ -227,7 +227,8 @@ def _spawn(req: dict[str, Any], timeout_s: float) -> list[list[dict[str, Any]]]:
     if proc.returncode != 0 or not isinstance(payload, dict) or "results" not in payload:
         raise BenchWorkerError(f"benchmark worker failed (exit code {proc.returncode}); "
                                f"stderr tail: {tail[-2000:] or '<empty>'}")
-    return payload["results"]
+    results: list[list[dict[str, Any]]] = payload["results"]
+    return results
 
 
 def measure(onnx_path: str | Path, spec: BenchSpec, *, batch_size: int | None = None,

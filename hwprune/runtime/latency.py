@@ -45,6 +45,13 @@ CACHE_VERSION = 1
 _SEED = 0
 
 
+def _pair(t: tuple[int, ...]) -> tuple[int, int]:
+    """A 2-d convolution argument (h, w) from a stored tuple of two ints."""
+    if len(t) != 2:
+        raise ValueError(f"expected a pair (h, w), got {t}")
+    return int(t[0]), int(t[1])
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """Signature of one conv/linear layer; ``input_shape`` excludes the batch dim ((C, H, W) or (F,))."""
@@ -87,8 +94,9 @@ class LayerSpec:
         if self.kind == "linear":
             mod: nn.Module = nn.Linear(self.in_channels, self.out_channels, bias=self.bias)
         else:
-            mod = nn.Conv2d(self.in_channels, self.out_channels, self.kernel, self.stride, self.padding,
-                            self.dilation, self.groups, bias=self.bias)
+            pair = _pair  # the signature stores 2-d convolutions' (h, w) tuples
+            mod = nn.Conv2d(self.in_channels, self.out_channels, pair(self.kernel), pair(self.stride),
+                            pair(self.padding), pair(self.dilation), self.groups, bias=self.bias)
         return mod.eval()
 
     @classmethod
@@ -255,7 +263,8 @@ class LatencyTable:
         try:
             layers = {}
             for row in d["layers"]:
-                spec = LayerSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in row["spec"].items()})
+                fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in row["spec"].items()}
+                spec = LayerSpec(**fields)
                 layers[row["name"]] = LayerCurve(row["name"], spec, tuple(int(w) for w in row["widths"]),
                                                  tuple(float(v) for v in row["ms"]))
             return cls(layers, dict(d.get("meta", {})))

@@ -74,7 +74,7 @@ def parse_sparsity_log(messages: Iterable[str]) -> tuple[list[str], list[str]]:
 def _make_logger(trt: Any) -> Any:
     """An ``ILogger`` that records every ``(severity, message)`` it receives."""
 
-    class _Collector(trt.ILogger):  # type: ignore[misc,name-defined]
+    class _Collector(trt.ILogger):  # type: ignore[misc]
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.records: list[tuple[str, str]] = []
@@ -211,11 +211,12 @@ def time_engine(engine_bytes: bytes, input_name: str, input_shape: Sequence[int]
             buf.normal_()
         context.set_tensor_address(name, buf.data_ptr())
         buffers.append(buf)  # keep alive
-    stream = torch.cuda.Stream()
+    stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # torch stubs leave it untyped
     times: list[float] = []
     with torch.cuda.stream(stream):
         for i in range(warmup + iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record(stream)
             if not context.execute_async_v3(stream.cuda_stream):
                 raise EngineBuildError("TensorRT execute_async_v3 failed")

@@ -18,7 +18,7 @@ lr * <d, theta>)`` where ``s`` is the group's prox scale and ``d`` the update di
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -282,7 +282,7 @@ class ProxSGD(torch.optim.Optimizer):
             self.groupset.apply_mask_(bufs, ~self.frozen)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """SGD (momentum) step, then the WGSEF prox per scope and, after ``hs_start``, half-space zeroing."""
         loss = None
         if closure is not None:

@@ -327,7 +327,8 @@ class AULMState:
         """``||W - F||_F`` over the active grouped elements."""
         self._sync_device()
         sq = sum(float((((self.params[n].detach() - self.F[n]) * self._mask[n]) ** 2).sum()) for n in self.names)
-        return sq ** 0.5
+        root: float = float(sq) ** 0.5
+        return root
 
     def zero_rows_per_scope(self) -> list[int]:
         """Number of zero F rows in each scope (the per-layer compression count)."""

@@ -221,7 +221,7 @@ def _row_norms(rows: Tensor) -> Tensor:
     if not isinstance(rows, Tensor) or rows.dim() not in (2, 3) or not rows.is_floating_point():
         raise ValueError(f"rows must be a floating tensor of shape (m, s) or (B, m, s), "
                          f"got {getattr(rows, 'shape', type(rows))!r}")
-    nrm = torch.linalg.vector_norm(rows.detach(), dim=-1)  # one reduction in the rows' dtype
+    nrm: Tensor = torch.linalg.vector_norm(rows.detach(), dim=-1)  # one reduction in the rows' dtype
     if nrm.dtype != torch.float64 and not bool(torch.isfinite(nrm).all()) and bool(torch.isfinite(rows).all()):
         nrm = torch.linalg.vector_norm(rows.detach(), dim=-1, dtype=torch.float64)  # float32 overflow
     return nrm
