@@ -139,7 +139,12 @@ _JOB_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--compact-finetune/--masked-finetune", "compact_finetune", default=None,
                  help="fine-tune the compact model after surgery, or the masked full-width model (then "
                  "'hwprune prune' does the surgery) [default: compact]"),
-    click.option("--lam", type=float, help="regularisation strength lambda [default: the method's own, wgsef 0.5]"),
+    click.option("--lam", type=float, help="regularisation strength lambda [default: the method's own; wgsef "
+                 "chooses its prox step by continuation and uses --lam only with method option schedule: constant]"),
+    click.option("--distill/--no-distill", default=None,
+                 help="fine-tune with a dense-teacher distillation term (any method) [default: off]"),
+    click.option("--bn-recalibrate/--no-bn-recalibrate", "bn_recalibrate", default=None,
+                 help="re-estimate BatchNorm statistics on training images after the projection [default: on]"),
     click.option("--lr", type=float, help="learning rate of the sparse phase (and of the dense phase unless "
                  "--dense-lr) [default: 0.05]"),
     click.option("--dense-lr", type=float, help="learning rate of the dense phase [default: --lr]"),

@@ -8,7 +8,7 @@ one pass over each grouped parameter, no Python loop over groups.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,22 +69,37 @@ class GroupOps:
             return tensors[name].detach()
         return self.params[name].detach()
 
-    def sq_norms(self, tensors: Mapping[str, Tensor] | None = None) -> Tensor:
-        """(G,) float64 squared group norms over every coupled slice; ``tensors`` substitutes parameters."""
+    def _selected(self, only: Collection[str] | None) -> list[_Prepared]:
+        """The prepared segments of the parameters in ``only`` (every segment when None)."""
+        return self._prep if only is None else [pr for pr in self._prep if pr.seg.param in only]
+
+    def sq_norms(self, tensors: Mapping[str, Tensor] | None = None, *, only: Collection[str] | None = None) -> Tensor:
+        """(G,) float64 squared group norms over every coupled slice; ``tensors`` substitutes parameters.
+
+        ``only``: restrict the sum to these parameter names (groups without such slices get 0).
+        """
         acc = torch.zeros(self.num_groups, dtype=torch.float64)
-        for pr in self._prep:
+        for pr in self._selected(only):
             x = self._tensor(pr.seg.param, tensors).to(torch.float64)
             acc.index_add_(0, pr.gsel, self._reduce(pr, x * x))
         return acc
 
-    def norms(self, tensors: Mapping[str, Tensor] | None = None) -> Tensor:
-        """(G,) float64 group L2 norms."""
-        return self.sq_norms(tensors).sqrt()
+    def norms(self, tensors: Mapping[str, Tensor] | None = None, *, only: Collection[str] | None = None) -> Tensor:
+        """(G,) float64 group L2 norms (``only``: over these parameters' slices)."""
+        return self.sq_norms(tensors, only=only).sqrt()
 
-    def dot(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor] | None = None) -> Tensor:
+    def numel_of(self, only: Collection[str]) -> Tensor:
+        """(G,) long number of elements each group has in the parameters named in ``only``."""
+        out = torch.zeros(self.num_groups, dtype=torch.long)
+        for pr in self._selected(only):
+            out.index_add_(0, pr.gsel, torch.full_like(pr.gsel, pr.seg.cell_size()))
+        return out
+
+    def dot(self, a: Mapping[str, Tensor], b: Mapping[str, Tensor] | None = None, *,
+            only: Collection[str] | None = None) -> Tensor:
         """(G,) float64 per-group inner products ``<a_G, b_G>`` (``b`` defaults to the parameters)."""
         acc = torch.zeros(self.num_groups, dtype=torch.float64)
-        for pr in self._prep:
+        for pr in self._selected(only):
             name = pr.seg.param
             if name not in a:
                 raise KeyError(f"dot: tensor for parameter {name} missing")
@@ -104,11 +119,14 @@ class GroupOps:
             raise ValueError(f"expected {self.num_groups} factors, got {factors.numel()}")
         return torch.cat([torch.ones(1, dtype=torch.float64), factors])
 
-    def scale_(self, factors: Tensor) -> None:
-        """Multiply every element of group i by ``factors[i]`` (in place, one multiply per parameter)."""
+    def scale_(self, factors: Tensor, *, only: Collection[str] | None = None) -> None:
+        """Multiply every element of group i by ``factors[i]`` (in place, one multiply per parameter).
+
+        ``only``: scale just the slices in these parameters (the others are left as they are).
+        """
         table = self._factor_table(factors)
         with torch.no_grad():
-            for pr in self._prep:
+            for pr in self._selected(only):
                 p = self.params[pr.seg.param]
                 p.view(pr.seg.view_shape).mul_(table[pr.gid1].to(p.dtype))
 

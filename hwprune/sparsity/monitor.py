@@ -64,7 +64,8 @@ class ZeroCauseTracker:
     half-space step when the optimiser froze it in that step (``ProxSGD.frozen``), else to the
     method's proximal step (``prox``: the WGSEF or group-lasso prox, SSR's update); a group that
     comes back to life loses its attribution. ``dead``: zero when tracking started.
-    ``untracked``: zero when tracking started late (a resumed phase: its earlier steps were not seen).
+    ``untracked``: zero when tracking started late (a resumed phase whose checkpoint holds no attribution).
+    The attribution is checkpointed with the phase (``state_dict``), so a resumed phase keeps it.
 
     Args:
         groupset: the groups watched.
@@ -117,6 +118,20 @@ class ZeroCauseTracker:
         if self.k_total is not None:
             out["k_groups"] = self.k_total
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The attribution so far (stored in the phase's checkpoint; a resumed phase keeps it)."""
+        if self._zero is None or self._frozen is None:
+            return {}
+        return {"cause": self.cause.clone(), "zero": self._zero.clone(), "frozen": self._frozen.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (an empty or mismatched state is ignored: groups become ``untracked``)."""
+        if not state or torch.as_tensor(state["cause"]).shape != self.cause.shape:
+            return
+        self.cause = torch.as_tensor(state["cause"], dtype=torch.long).clone()
+        self._zero = torch.as_tensor(state["zero"], dtype=torch.bool).clone()
+        self._frozen = torch.as_tensor(state["frozen"], dtype=torch.bool).clone()
 
     def per_scope(self) -> dict[str, list[int]]:
         """Cause -> (S,) list: groups of each scope currently zero by that cause (``untracked`` if no step was seen)."""

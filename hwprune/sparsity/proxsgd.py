@@ -29,6 +29,9 @@ from hwprune.base.checks import check_sparsity
 from hwprune.groups.groupset import GroupSet
 from hwprune.groups.topk import topk_mask
 from hwprune.sparsity import wgsef
+from hwprune.sparsity.lamcontrol import LamContinuation
+from hwprune.sparsity.proxstep import RIDGE_MODES, prox_factors
+from hwprune.sparsity.proxtarget import ProxTarget
 
 __all__ = ["ProxSGD", "ProxOptions", "project_to_k_", "k_per_scope", "scope_report", "layer_ids"]
 
@@ -114,6 +117,10 @@ class ProxOptions:
             ``0.5 * sum d ||x_G||^2`` (METHOD.md section 6.5), so once the selection is final the prox
             would only shrink the survivors; this is METHOD's "lambda large during selection, small
             after", applied per scope (an hwprune decision, measured in the closing note).
+        ridge: ``"keep"``: the prox of ``lr * lam * WGSEF`` (METHOD.md 6.2); ``"cancel"``: the proximal DC
+            step of ``lam * (WGSEF - 0.5 sum_G d_G ||x_G||^2)`` (no shrinkage of saturated groups);
+            ``"renorm"``: ``"cancel"`` + a uniform rescale of BatchNorm-backed scopes
+            (``hwprune.sparsity.proxstep``; hwprune decisions, issue 11).
     """
 
     lr: float
@@ -129,6 +136,7 @@ class ProxOptions:
     freeze: bool = True
     test_iterate: Literal["prox", "sgd"] = "prox"
     release_at_k: bool = True
+    ridge: Literal["keep", "cancel", "renorm"] = "keep"
 
     def __post_init__(self) -> None:
         if self.lr < 0 or self.lam < 0:
@@ -137,6 +145,8 @@ class ProxOptions:
             raise ValueError(f"eps must be in [0, 1), got {self.eps}")
         if self.test_iterate not in ("prox", "sgd"):
             raise ValueError(f"test_iterate must be 'prox' or 'sgd', got {self.test_iterate!r}")
+        if self.ridge not in RIDGE_MODES:
+            raise ValueError(f"ridge must be one of {', '.join(RIDGE_MODES)}, got {self.ridge!r}")
 
 
 class ProxSGD(torch.optim.Optimizer):
@@ -147,12 +157,18 @@ class ProxSGD(torch.optim.Optimizer):
         groupset: coupled, disjoint groups (``hwprune.groups.build_groups``).
         k: budget per scope, shape (S,) (``k_per_scope``).
         options: the optimiser's settings (:class:`ProxOptions`).
+        target: which slices of each group the prox measures and rescales
+            (``hwprune.sparsity.proxtarget``; None: the whole group).
+        controller: per-scope prox-step continuation (``hwprune.sparsity.lamcontrol``); when set, the
+            prox step of scope s is ``controller.steps()[s]`` instead of ``lr * lam``, and the
+            controller advances after every step with the scope's alive-group count.
         **fields: shorthand for ``ProxOptions`` fields (``ProxSGD(m, gs, k, lr=0.1, lam=2.0)``);
             given together with ``options`` they replace its values.
     """
 
     def __init__(self, model: nn.Module, groupset: GroupSet, k: torch.Tensor | Sequence[int],
-                 options: ProxOptions | None = None, **fields: Any) -> None:
+                 options: ProxOptions | None = None, *, target: ProxTarget | None = None,
+                 controller: LamContinuation | None = None, **fields: Any) -> None:
         opts = dataclasses.replace(options, **fields) if options is not None else ProxOptions(**fields)
         named = dict(model.named_parameters())
         missing = [n for n in groupset.param_names if n not in named]
@@ -189,6 +205,10 @@ class ProxSGD(torch.optim.Optimizer):
         self.step_count = 0
         self.frozen = torch.zeros(groupset.num_groups, dtype=torch.bool)
         self._layers = layer_ids(groupset)
+        self.target = target
+        self.controller = controller
+        if controller is not None and controller.tau.shape != (groupset.num_scopes,):
+            raise ValueError(f"controller has {controller.tau.numel()} scopes, groupset {groupset.num_scopes}")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -200,6 +220,8 @@ class ProxSGD(torch.optim.Optimizer):
             "k": self.k.clone(),
             "lam": torch.tensor(self.lam, dtype=torch.float64),
         }
+        if self.controller is not None:
+            sd["hwprune"]["controller"] = self.controller.state_dict()
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -214,6 +236,8 @@ class ProxSGD(torch.optim.Optimizer):
             self.step_count = int(extra["step_count"])
             self.k = extra["k"].clone().to(torch.long)
             self.lam = float(extra["lam"])
+            if self.controller is not None and "controller" in extra:
+                self.controller.load_state_dict(extra["controller"])
 
     def freeze_(self, group_ids: torch.Tensor | Iterable[int]) -> None:
         """Zero the given groups now and keep them zero for the rest of training."""
@@ -275,18 +299,13 @@ class ProxSGD(torch.optim.Optimizer):
                 continue
             halfspace_now = self.halfspace and self.step_count >= self.hs_start
             if halfspace_now:
-                sq_prev = gs.sq_norms()
+                sq_prev = self._sq_norms()
                 dir_map = {n: dirs[id(p)] for n, p in zip(self._names, group["params"], strict=True) if id(p) in dirs}
-                d_dot = gs.dot(dir_map) if dir_map else torch.zeros_like(sq_prev)
+                d_dot = self._dot(dir_map) if dir_map else torch.zeros_like(sq_prev)
             for p in group["params"]:
                 if id(p) in dirs:
                     p.add_(dirs[id(p)], alpha=-lr)
-            step_lam = lr * self.lam
-            norms = gs.norms()
-            scales = wgsef.group_scales(
-                gs.to_padded(norms), self.k, step_lam, gs.to_padded(gs.weights, fill=1.0)
-            )
-            s = gs.from_padded(scales)
+            s = self._prox_scales(lr)
             if halfspace_now:
                 inner_v = sq_prev - lr * d_dot  # <v_G, theta_G>
                 inner = inner_v * s if self.test_iterate == "prox" else inner_v
@@ -301,10 +320,35 @@ class ProxSGD(torch.optim.Optimizer):
                     s = torch.where(newly, torch.zeros_like(s), s)
             elif bool(self.frozen.any()):
                 s = torch.where(self.frozen, torch.zeros_like(s), s)
-            gs.scale_(s)
+            if self.target is not None:
+                self.target.scale_(gs, s)
+            else:
+                gs.scale_(s)
             self._clear_frozen_momentum()
+            if self.controller is not None:
+                alive = gs.to_padded((~self.frozen & (s > 0)).to(torch.float64)).sum(dim=1)
+                self.controller.advance(alive, self.k, self.step_count)
         self.step_count += 1
         return loss
+
+    def _prox_scales(self, lr: float) -> torch.Tensor:
+        """(G,) factors of this step's prox (step ``lr * lam`` or the controller's; ``options.ridge``)."""
+        gs = self.groupset
+        step: float | torch.Tensor = self.controller.steps() if self.controller is not None else lr * self.lam
+        free = None
+        if self.options.ridge == "renorm" and self.target is not None:  # scopes whose groups all feed a BN
+            free = gs.to_padded((~self.target.bn_backed).to(torch.float64)).sum(dim=1) == 0
+        return gs.from_padded(prox_factors(gs.to_padded(self._sq_norms().sqrt()), self.k, step,
+                                           gs.to_padded(gs.weights, fill=1.0), ridge=self.options.ridge,
+                                           scale_free=free))
+
+    def _sq_norms(self) -> torch.Tensor:
+        """(G,) squared norms of the part of each group the prox acts on (``target``; default: all)."""
+        return self.target.sq_norms(self.groupset) if self.target is not None else self.groupset.sq_norms()
+
+    def _dot(self, dirs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(G,) ``<dirs_G, theta_G>`` over the part of each group the prox acts on."""
+        return self.target.dot(self.groupset, dirs) if self.target is not None else self.groupset.dot(dirs)
 
     def _released(self) -> torch.Tensor:
         """(G,) bool: groups of scopes whose unfrozen groups number at most k (selection finished)."""
@@ -343,5 +387,6 @@ class ProxSGD(torch.optim.Optimizer):
     def penalty(self) -> torch.Tensor:
         """Current ``lam * sum_scopes WGSEF_{k,d}`` (float64 scalar), for logging."""
         gs = self.groupset
-        vals = wgsef.value_from_norms(gs.to_padded(gs.norms()), self.k, gs.to_padded(gs.weights, fill=1.0))
+        vals = wgsef.value_from_norms(gs.to_padded(self._sq_norms().sqrt()), self.k,
+                                      gs.to_padded(gs.weights, fill=1.0))
         return self.lam * vals.sum()

@@ -201,6 +201,13 @@ def _scales(z: Tensor, d: Tensor | None, kt: Tensor, lam: float, method: str) ->
     return u / (u + c)
 
 
+def _scales_rows(z: Tensor, d: Tensor | None, kt: Tensor, lam: Tensor, method: str) -> Tensor:
+    """Like ``_scales`` with one prox step per row, ``lam`` (B,) > 0 (``d`` None: uniform weights)."""
+    c = lam.to(z.device).unsqueeze(-1) * (torch.ones_like(z) if d is None else d)
+    u = _solve_u(z, c, kt, method)
+    return u / (u + c)
+
+
 # ----------------------------------------------------------------------------- value
 def value_from_norms(norms: Tensor, k: int | Tensor, weights: Tensor | None = None) -> Tensor:
     """WGSEF value from group norms: (m,) -> float64 scalar; zero-padded (B, m) -> (B,)."""
@@ -226,22 +233,40 @@ def value(rows: Tensor, k: int | Tensor, weights: Tensor | None = None) -> Tenso
 
 
 # ----------------------------------------------------------------------------- prox
-def group_scales(norms: Tensor, k: int | Tensor, lam: float, weights: Tensor | None = None,
+def group_scales(norms: Tensor, k: int | Tensor, lam: float | Tensor, weights: Tensor | None = None,
                  *, method: str = "sort") -> Tensor:
     """Per-group prox factors u/(u + lam d) in [0, 1/(1 + lam d)], float64, shape of ``norms``.
 
     Args:
         norms: group L2 norms (m,) or zero-padded (B, m), any float dtype, >= 0.
         k: budget, int or (B,) tensor, >= 1.
-        lam: prox step (lr * lambda), >= 0; lam = 0 gives all ones.
+        lam: prox step (lr * lambda), >= 0; a float, or a (B,) tensor with one step per scope (batched
+            norms only); lam = 0 gives all ones (for that scope).
         weights: d, (m,) or (B, m), > 0; default 1.
         method: root finder, "sort" (default) or "select".
     Zero-norm groups get factor 0 (1 when lam = 0) and do not change the other groups' factors.
     """
-    lam_f, meth = _check_lam(lam), _check_method(method)
+    meth = _check_method(method)
     z, d, kt, batched = _batch_norms(norms, weights, k)
-    s = _scales(z, d, kt, lam_f, meth)
+    if isinstance(lam, Tensor) and lam.dim() > 0:
+        lam_t = _check_lam_rows(lam, z.shape[0], batched)
+        s = torch.ones_like(z)
+        on = lam_t > 0
+        if bool(on.any()):
+            s[on] = _scales_rows(z[on], None if d is None else d[on], kt[on], lam_t[on], meth)
+        return s if batched else s[0]
+    s = _scales(z, d, kt, _check_lam(float(lam)), meth)
     return s if batched else s[0]
+
+
+def _check_lam_rows(lam: Tensor, rows: int, batched: bool) -> Tensor:
+    """A per-scope prox step as a float64 (B,) tensor (finite, >= 0)."""
+    lam_t = lam.detach().to(torch.float64).cpu().reshape(-1)
+    if not batched or lam_t.shape != (rows,):
+        raise ValueError(f"a tensor lam needs batched norms and shape ({rows},), got {tuple(lam.shape)}")
+    if not bool(torch.isfinite(lam_t).all()) or bool((lam_t < 0).any()):
+        raise ValueError("lam must be finite and >= 0 in every scope")
+    return lam_t
 
 
 def prox_(rows: Tensor, k: int | Tensor, lam: float, weights: Tensor | None = None,

@@ -199,24 +199,24 @@ def load_checkpoint(
 def resume_from(
     path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any | None, phase: str,
     map_location: str | torch.device = "cpu",
-) -> tuple[int, list[dict[str, Any]]]:
-    """Restore ``path`` if it exists and belongs to ``phase``; return (next epoch, stored history).
+) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """Restore ``path`` if it exists and belongs to ``phase``; return (next epoch, stored history, callback states).
 
-    A missing file or a checkpoint of another phase means a fresh start: ``(0, [])``.
+    A missing file or a checkpoint of another phase means a fresh start: ``(0, [], {})``.
     """
     if not path.exists():  # a directory (or anything else) in its place is load_checkpoint's one-line error
         _LOG.info("resume requested but %s does not exist; starting from epoch 0", path)
-        return 0, []
+        return 0, [], {}
     try:
         info = load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler,
                                map_location=map_location, expect={"phase": phase})
     except CheckpointMismatchError as exc:
         _LOG.warning("%s; starting phase '%s' from epoch 0", exc, phase)
-        return 0, []
+        return 0, [], {}
     if info.extra.get("world_size", 1) != ddp.get_world_size():
         _LOG.warning("resuming with world size %d (checkpoint: %s): the data order differs",
                      ddp.get_world_size(), info.extra.get("world_size"))
-    return info.epoch + 1, list(info.extra.get("history", []))
+    return info.epoch + 1, list(info.extra.get("history", [])), dict(info.extra.get("callbacks", {}))
 
 
 def to_plain(obj: Any) -> Any:

@@ -41,6 +41,11 @@ class TrainJobConfig:
     end of the job. ``compact_finetune``: surgery right after the top-k projection and the fine-tune
     on the compact model (False: fine-tune the masked full-width model; ``hwprune prune`` then does
     the surgery). ``method_options``: the method's own options (``SparseMethod.options_type``).
+    ``bn_recalibrate``: re-estimate BatchNorm statistics on training images after the projection
+    (``hwprune.training.bnrecal``); ``distill``: add a dense-teacher distillation term
+    (``distill_alpha``, ``distill_temperature``; ``hwprune.training.distill``) to the fine-tune.
+    ``rewind`` (diagnosis, config files only): after the projection, reset the kept groups to the
+    dense model's weights (the selection is kept).
     ``model_path``: directories (``os.pathsep``-separated) put on ``sys.path`` before a
     ``package.module:callable`` model is imported. :meth:`portable` makes the paths absolute, as
     ``config.yaml`` records them (a run works from any directory).
@@ -73,6 +78,11 @@ class TrainJobConfig:
     device: str = "cpu"
     compact_finetune: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
+    bn_recalibrate: bool = True
+    rewind: bool = False
+    distill: bool = False
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
@@ -95,6 +105,9 @@ class TrainJobConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device must be one of cpu, cuda, auto; got {self.device!r}")
+        if not self.distill_alpha >= 0 or not self.distill_temperature > 0:
+            raise ConfigError(f"distill_alpha must be >= 0 and distill_temperature > 0, got "
+                              f"{self.distill_alpha}, {self.distill_temperature}")
 
     @property
     def dense_epochs_resolved(self) -> int:

@@ -18,7 +18,7 @@ import copy
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ from hwprune.sparsity.methods import MethodConfig, MethodOptions, SparseMethod, 
 from hwprune.sparsity.monitor import GroupCountLogger
 from hwprune.sparsity.proxsgd import scope_report
 from hwprune.training.artifacts import ByStage, GroupCounts, ScopeCount, SplitSizes, TrainMetrics
+from hwprune.training.bnrecal import bn_recalibration_hook
 from hwprune.training.compact import alignment_warnings, compact_run_model, surgery_groups
 from hwprune.training.config import TrainJobConfig
+from hwprune.training.distill import DistillTerm
 from hwprune.training.loop import evaluate
-from hwprune.training.phases import EVAL_BATCH, Phase, PhaseContext, PhaseRunner, SparsifySpec, sparsify
+from hwprune.training.phases import EVAL_BATCH, Hooks, Phase, PhaseContext, PhaseRunner, SparsifySpec, sparsify
 from hwprune.training.runconfig import PipelineOptions, RunConfig
 from hwprune.training.rundir import RunDir, load_job_data
 
@@ -201,6 +203,26 @@ def _budget(gs: GroupSet, sparsity: float, k_override: torch.Tensor | None) -> t
     return k
 
 
+def _rewind_hook(dense: nn.Module, gs: GroupSet) -> Any:
+    """After the projection: the dense model's weights with the selected groups' zeros (the mask is kept)."""
+    state = {k: v.clone() for k, v in dense.state_dict().items()}
+
+    def hook(model: nn.Module, runner: PhaseRunner) -> None:
+        dropped = torch.nonzero(~gs.nonzero()).flatten()
+        model.load_state_dict(state)
+        gs.zero_(dropped)
+
+    return hook
+
+
+def _recipe(cfg: TrainJobConfig) -> dict[str, Any]:
+    """The method-independent recipe steps of the job, as ``metrics.json`` records them."""
+    out: dict[str, Any] = {"bn_recalibrate": cfg.bn_recalibrate, "distill": cfg.distill}
+    if cfg.distill:
+        out.update(distill_alpha=cfg.distill_alpha, distill_temperature=cfg.distill_temperature)
+    return out
+
+
 def run_train_job(
     cfg: TrainJobConfig,
     run_dir: Path | RunDir,
@@ -260,8 +282,13 @@ def run_train_job(
     seconds["groups"] = time.perf_counter() - t0
     lam = cfg.lam if cfg.lam is not None else method.default_lam
     spec = _sparsify_spec(cfg, method, options, lam, model, gs, k, runner, rd)
-    # Recipe steps plug in here: dataclasses.replace(spec, hooks=Hooks(after_projection=[...]),
-    # finetune_batch_loss=...) -- e.g. BatchNorm recalibration, distillation from ``dense``.
+    # The recipe steps every method gets (issue 11): BatchNorm statistics re-estimated after the
+    # projection; optionally a distillation term from the dense model in the fine-tune.
+    recal = [bn_recalibration_hook()] if cfg.bn_recalibrate else []
+    after: list[Any] = [_rewind_hook(dense, gs)] if cfg.rewind else []
+    spec = replace(spec, hooks=Hooks(before_projection=recal, after_projection=after + recal),
+                   finetune_batch_loss=DistillTerm(copy.deepcopy(dense), alpha=cfg.distill_alpha,
+                                                   temperature=cfg.distill_temperature) if cfg.distill else None)
     res = sparsify(runner, model, gs, k, spec)
     seconds.update(res.seconds)
     scopes = [ScopeCount(**s, zeroed_by={c: n[i] for c, n in res.zeroed_by.items() if n[i]})
@@ -285,11 +312,10 @@ def run_train_job(
                            zeroed_by_projection=res.zeroed_by_projection,
                            zeroed_by={c: int(sum(n)) for c, n in res.zeroed_by.items() if sum(n)}),
         lam=lam, splits=SplitSizes(**bundle.split_sizes, data_seed=cfg.data_seed, val_fraction=cfg.val_fraction),
-        epochs={"dense": cfg.dense_epochs_resolved if not cfg.checkpoint else 0,
-                "sparse": cfg.epochs if method.trains else 0,
-                "finetune": cfg.finetune_epochs_resolved + (0 if method.trains else cfg.epochs)},
+        epochs={"dense": cfg.dense_epochs_resolved if not cfg.checkpoint else 0, **res.epochs},
         seconds=seconds, method_options=options.to_dict(), method_info=res.info,
-        preprocessing=bundle.preprocessing, budget="sparsity" if k_override is None else "k_per_scope")
+        preprocessing=bundle.preprocessing, budget="sparsity" if k_override is None else "k_per_scope",
+        recipe=_recipe(cfg))
     rd.write_metrics(metrics)
     return TrainJobResult(metrics=metrics, model=res.model, groupset=gs, example_input=rd.example_input(),
                           profile=profile, rundir=rd)

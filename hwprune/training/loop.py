@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from hwprune.base.errors import ConfigError
 from hwprune.training import distributed as ddp
+from hwprune.training.callbacks import callback_states, load_callback_states, stop_requested
 from hwprune.training.checkpoint import (
     append_log_record,
     capture_rng_state,
@@ -228,6 +229,8 @@ def train_one_epoch(
         step += 1
         if cfg.log_every and (step - start_step) % cfg.log_every == 0:
             bar.set_postfix(loss=f"{sums[0].item() / sums[3].item():.4f}", refresh=False)
+        if stop_requested(callbacks):  # e.g. a sparse phase whose selection is finished: end the epoch here
+            break
     sums = ddp.all_reduce_sum(sums.to(dev)).cpu()
     count = max(sums[3].item(), 1.0)
     return {
@@ -249,6 +252,7 @@ class _FitState:
     generator: torch.Generator
     history: TrainHistory
     start_epoch: int
+    callback_state: dict[str, Any]
     log_file: Path | None
     ckpt: Path | None
     main: bool
@@ -273,16 +277,16 @@ def _start(model: nn.Module, train_data: Data, optimizer: torch.optim.Optimizer 
     log_file = Path(log_path) if log_path is not None else None
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     history = TrainHistory(phase=phase)
-    start_epoch = 0
+    start_epoch, cb_state = 0, dict[str, Any]()
     if resume and ckpt is not None:
-        start_epoch, history.records = resume_from(ckpt, model=model, optimizer=optimizer, scheduler=scheduler,
-                                                   phase=phase, map_location=device)
+        start_epoch, history.records, cb_state = resume_from(ckpt, model=model, optimizer=optimizer,
+                                                             scheduler=scheduler, phase=phase, map_location=device)
         history.resumed_from = start_epoch - 1 if start_epoch > 0 else None
         if main and log_file is not None and start_epoch > 0:
             trim_log(log_file, phase, start_epoch - 1)
     show = main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
     return _FitState(ddp.wrap_model(model, device), loader, optimizer, scheduler, generator, history, start_epoch,
-                     log_file, ckpt, main, show)
+                     cb_state, log_file, ckpt, main, show)
 
 
 def _seed_epoch(st: _FitState, seed: int, epoch: int) -> None:
@@ -295,7 +299,8 @@ def _seed_epoch(st: _FitState, seed: int, epoch: int) -> None:
         st.loader.sampler.set_epoch(epoch)
 
 
-def _save_epoch(st: _FitState, record: dict[str, Any], epoch: int, cfg: TrainConfig, phase: str) -> None:
+def _save_epoch(st: _FitState, record: dict[str, Any], epoch: int, cfg: TrainConfig, phase: str,
+                callbacks: Sequence[Any]) -> None:
     """Append the epoch record to the log and write the checkpoint (main process only), then sync."""
     if st.main and st.log_file is not None:
         append_log_record(st.log_file, record)
@@ -303,7 +308,7 @@ def _save_epoch(st: _FitState, record: dict[str, Any], epoch: int, cfg: TrainCon
         save_checkpoint(st.ckpt, model=st.net, optimizer=st.optimizer, scheduler=st.scheduler, epoch=epoch,
                         rng_state=capture_rng_state(),
                         extra={"phase": phase, "seed": cfg.seed, "world_size": ddp.get_world_size(),
-                               "history": st.history.records})
+                               "history": st.history.records, "callbacks": callback_states(callbacks)})
     ddp.barrier()
 
 
@@ -344,8 +349,9 @@ def fit(
         batch_loss: ``batch_loss(inputs, outputs, labels) -> scalar`` added to the loss (a term that
             needs the batch, e.g. distillation from a teacher's outputs on ``inputs``); the record's
             ``penalty`` is the mean of both added terms.
-        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step) and
-            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record).
+        callbacks: objects with optional ``on_step_end(step, epoch)`` (global 0-based step),
+            ``on_epoch_end(epoch, record) -> dict | None`` (fields merged into the record) and
+            ``stop_requested()`` and ``state_dict()`` / ``load_state_dict()`` (``hwprune.training.callbacks``).
         metrics_fn: ``metrics_fn(epoch, record) -> dict | None``, merged like a callback's.
         log_path: JSON-lines log, one record per epoch, appended and flushed per line.
         checkpoint_dir: ``last.pt`` is written there (atomically) after every epoch.
@@ -360,10 +366,13 @@ def fit(
         raise ConfigError("resume=True needs a checkpoint_dir")  # nothing to resume from
     device = _resolve_device(cfg.device)
     st = _start(model, train_data, optimizer, cfg, scheduler, device, log_path, checkpoint_dir, resume, phase)
+    load_callback_states(callbacks, st.callback_state)
     step = st.start_epoch * len(st.loader)
     hooks = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
     hooks += [metrics_fn] if metrics_fn is not None else []
     for epoch in range(st.start_epoch, cfg.epochs):
+        if stop_requested(callbacks):
+            break
         _seed_epoch(st, cfg.seed, epoch)
         t0 = time.perf_counter()
         lr = float(st.optimizer.param_groups[0]["lr"])
@@ -385,5 +394,5 @@ def fit(
         st.history.records.append(record)
         if st.main:
             _LOG.info("%s", format_epoch(record, cfg.epochs))
-        _save_epoch(st, record, epoch, cfg, phase)
+        _save_epoch(st, record, epoch, cfg, phase, callbacks)
     return st.history

@@ -34,7 +34,7 @@ from hwprune.training.loop import BatchLoss, evaluate, fit
 from hwprune.training.schedule import TrainConfig, TrainHistory
 
 __all__ = ["PhaseContext", "Phase", "PhaseRunner", "Hooks", "ModelHook", "SparsifySpec", "SparsifyResult",
-           "sparsify", "masked_optimizer", "EVAL_BATCH"]
+           "sparsify", "masked_optimizer", "epochs_run", "EVAL_BATCH"]
 
 EVAL_BATCH = 256  # batch size of every evaluation (accuracy does not depend on it)
 ExtraLoss = Callable[[nn.Module], Tensor]
@@ -129,9 +129,15 @@ class PhaseRunner:
             return None
         return evaluate(model, self.ctx.val_data, batch_size=EVAL_BATCH)["accuracy"]
 
-    def train_batches(self, n: int | None = None, batch_size: int | None = None) -> Iterator[Tensor]:
-        """Up to ``n`` batches of training images in a fixed order (e.g. to recalibrate BatchNorm statistics)."""
-        loader = DataLoader(self.ctx.train_data, batch_size=batch_size or self.ctx.batch_size, shuffle=False)
+    def train_batches(self, n: int | None = None, batch_size: int | None = None,
+                      seed: int | None = None) -> Iterator[Tensor]:
+        """Up to ``n`` batches of training images (e.g. to recalibrate BatchNorm statistics).
+
+        In dataset order, or shuffled by ``seed`` (a fixed random sample for that seed).
+        """
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        loader = DataLoader(self.ctx.train_data, batch_size=batch_size or self.ctx.batch_size,
+                            shuffle=seed is not None, generator=gen)
         for i, (x, _) in enumerate(loader):
             if n is not None and i >= n:
                 return
@@ -143,8 +149,13 @@ ModelHook = Callable[[nn.Module, PhaseRunner], None]
 
 @dataclass
 class Hooks:
-    """Model hooks of :func:`sparsify` (run in order; each may change the model in place)."""
+    """Model hooks of :func:`sparsify` (run in order; each may change the model in place).
 
+    ``before_projection`` run after the method's finalize, before the validation accuracy of the
+    sparse model is measured and the top-k projection applied.
+    """
+
+    before_projection: list[ModelHook] = field(default_factory=list)
     after_projection: list[ModelHook] = field(default_factory=list)
     after_surgery: list[ModelHook] = field(default_factory=list)
 
@@ -185,6 +196,9 @@ class SparsifyResult:
     ``dead`` (zero before the sparse phase), ``prox`` / ``halfspace`` (the sparse phase's steps,
     ``hwprune.sparsity.monitor.ZeroCauseTracker``), ``untracked`` (zeroed before a resume),
     ``finalize`` (the method's finalize, e.g. a one-shot top-k), ``projection`` (the final top-k).
+    ``epochs``: epochs the sparse phase and the fine-tune ran (a sparse phase that ends early, when
+    a callback's ``stop_requested()`` says its selection is done, gives its remaining epochs to the
+    fine-tune).
     """
 
     model: nn.Module
@@ -198,6 +212,7 @@ class SparsifyResult:
     val_final: float | None
     surgery: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)
 
 
 def masked_optimizer(model: nn.Module, groupset: GroupSet, lr: float, momentum: float,
@@ -231,10 +246,14 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     t0 = time.perf_counter()
     tracker = ZeroCauseTracker(groupset, spec.sparse.optimizer if spec.sparse else None, k=k,
                                start_now=not runner.ctx.resume)
+    sparse_ran = 0
     if spec.sparse is not None:
-        runner.run(model, replace(spec.sparse, callbacks=(*spec.sparse.callbacks, tracker)))
+        hist = runner.run(model, replace(spec.sparse, callbacks=(*spec.sparse.callbacks, tracker)))
+        sparse_ran = epochs_run(hist, spec.sparse.epochs)
     after_phase, phase_zeros = groupset.nonzero_per_scope(), tracker.per_scope()
     info = spec.finalize() if spec.finalize is not None else {}
+    for hook in spec.hooks.before_projection:
+        hook(model, runner)
     val_sparse = runner.val_accuracy(model)
     before = groupset.nonzero_per_scope()
     zeroed = int(project_to_k_(groupset, k).sum())
@@ -255,6 +274,8 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     seconds["surgery"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ft = spec.finetune
+    if spec.sparse is not None:  # epochs a sparse phase did not need go to the fine-tune
+        ft = replace(ft, epochs=ft.epochs + max(0, spec.sparse.epochs - sparse_ran))
     if ft.epochs > 0:
         opt = masked_optimizer(ft_model, ft_groups, ft.lr, runner.ctx.momentum, runner.ctx.weight_decay)
         runner.run(ft_model, replace(ft, optimizer=opt, batch_loss=spec.finetune_batch_loss or ft.batch_loss,
@@ -263,4 +284,13 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     return SparsifyResult(model=ft_model, groupset=ft_groups, info=info, nonzero_before_projection=before.tolist(),
                           zeroed_by_projection=zeroed, zeroed_by=zeroed_by, val_sparse=val_sparse,
                           val_projected=val_projected, val_final=runner.val_accuracy(ft_model), surgery=record,
-                          seconds=seconds)
+                          seconds=seconds, epochs={"sparse": sparse_ran, "finetune": ft.epochs})
+
+
+def epochs_run(hist: TrainHistory, planned: int) -> int:
+    """Epochs a phase completed (resumed runs included): ``planned`` unless it stopped early."""
+    if planned <= 0:
+        return 0
+    if hist.records:
+        return int(hist.records[-1]["epoch"]) + 1
+    return hist.resumed_from + 1 if hist.resumed_from is not None else 0
