@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -190,3 +191,25 @@ def test_cli_explains_why_measured_and_static_rankings_differ(monkeypatch: pytes
     r = CliRunner().invoke(cli, ["select", "--measure", "mlp", "--in-channels", "1", "--input-size", "4"])
     assert r.exit_code == 0, r.output
     assert f"recommended: {other}" in r.output and "why the rankings differ" in r.output and static in r.output
+
+
+def test_why_the_rankings_differ_is_one_sentence_only_when_they_do() -> None:
+    from hwprune.cli.select import _why_rankings_differ
+
+    assert _why_rankings_differ("x86-avx2-ort", "x86-avx2-ort", "mlp", 0.5) is None
+    assert _why_rankings_differ("x86-avx2-ort", None, "mlp", 0.5) is None
+    why = _why_rankings_differ("x86-avx2-ort", "generic-channel", "mlp", 0.5)
+    assert why is not None and "top: x86-avx2-ort" in why and "--profile generic-channel" in why
+
+
+def test_cli_profile_validate_json(tmp_path: Path) -> None:
+    from hwprune.cli import cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [\n")
+    res = CliRunner().invoke(cli, ["profile", "validate", "--json", "generic-channel", str(bad)])
+    assert res.exit_code == 2
+    out = json.loads(res.stdout)
+    assert [r["valid"] for r in out] == [True, False]
+    assert out[0]["name"] == "generic-channel" and out[0]["rules"]["total"] >= 1
+    assert "bad.yaml" in out[1]["error"]

@@ -63,23 +63,30 @@ def show_cmd(name: str, as_json: bool) -> None:
 
 @profile.command("validate")
 @click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON list: {path, valid, name, rules, error}")
 @click.pass_context
-def validate_cmd(ctx: click.Context, paths: tuple[str, ...]) -> None:
+def validate_cmd(ctx: click.Context, paths: tuple[str, ...], as_json: bool) -> None:
     """Check each profile file (or bundled name); one OK/error line each, exit 2 if any is invalid."""
     from hwprune.base.errors import HwpruneError
     from hwprune.profiles import load_profile
 
-    failed = 0
+    results: list[dict[str, Any]] = []
     for path in paths:
         try:
             p = load_profile(path)
         except HwpruneError as exc:
-            failed += 1
-            click.echo(f"INVALID {exc}", err=True)
+            results.append({"path": path, "valid": False, "error": str(exc)})
+            if not as_json:
+                click.echo(f"INVALID {exc}", err=True)
             continue
         structured, nm = len(p.rules_for_phase("structured")), len(p.rules_for_phase("nm"))
-        click.echo(f"OK      {path} (name {p.name}, {len(p.rules)} rules: {structured} structured, {nm} nm)")
-    if failed:
+        results.append({"path": path, "valid": True, "name": p.name,
+                        "rules": {"total": len(p.rules), "structured": structured, "nm": nm}})
+        if not as_json:
+            click.echo(f"OK      {path} (name {p.name}, {len(p.rules)} rules: {structured} structured, {nm} nm)")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if not all(r["valid"] for r in results):
         ctx.exit(2)
 
 

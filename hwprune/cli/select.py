@@ -32,11 +32,14 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
     if model is not None:
         rows = measure_profiles(model, facts, sparsity=sparsity, input_size=input_size, in_channels=in_channels,
                                 num_classes=num_classes, iters=iters, repeats=repeats)
+    best = next((r["profile"] for r in rows if r["recommended"]), None) if rows is not None else None
+    static = next((m.name for m in ranked if m.matched), None)
+    why = _why_rankings_differ(static, best, model or "", sparsity)
     if as_json:
-        out: dict[str, Any] = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked]}
+        out: dict[str, Any] = {"machine": facts.to_dict(), "ranking": [m.to_dict() for m in ranked],
+                               "static_top": static}
         if rows is not None:
-            out["measured"] = rows
-            out["recommended"] = next((r["profile"] for r in rows if r["recommended"]), None)
+            out.update(measured=rows, recommended=best, why_rankings_differ=why)
         click.echo(json.dumps(out, indent=2))
         return
     gpus = ", ".join(f"{n} (cc {c})" for n, c in facts.gpus) or "none"
@@ -57,15 +60,20 @@ def select(as_json: bool, model: str | None, sparsity: float, input_size: int, i
         speed = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
         click.echo(f"{star}{r['profile']:<23} median {r['median_ms']:.4f} ms  p90 {r['p90_ms']:.4f} ms  "
                    f"speed-up {speed}  params {r['params']}  MACs {r['macs']}  ({r['reason']})")
-    best = next((r["profile"] for r in rows if r["recommended"]), None)
     click.echo(f"recommended: {best}" if best else "recommended: none (no timed profile removed anything here)")
-    static = next((m.name for m in ranked if m.matched), None)
-    if best and static and best != static:
-        click.echo(f"why the rankings differ: the static ranking (what --profile auto uses; top: {static}) scores how "
-                   "well each profile's device, ISA and runtime match this machine, without timing anything; the "
-                   f"measured one (top: {best}) times {model} pruned at {sparsity:g} under each profile here, at "
-                   "batch 1, so the model's layer widths, the alignment each profile keeps and timing noise decide it. "
-                   f"Use --profile {best} to prune for the measured winner.")
+    if why:
+        click.echo(f"why the rankings differ: {why}")
+
+
+def _why_rankings_differ(static: str | None, best: str | None, model: str, sparsity: float) -> str | None:
+    """One sentence on why the static top profile and the measured recommendation differ (None: they agree)."""
+    if not best or not static or best == static:
+        return None
+    return (f"the static ranking (what --profile auto uses; top: {static}) scores how well each profile's device, "
+            "ISA and runtime match this machine, without timing anything; the measured one (top: "
+            f"{best}) times {model} pruned at {sparsity:g} under each profile here, at batch 1, so the model's layer "
+            "widths, the alignment each profile keeps and timing noise decide it. "
+            f"Use --profile {best} to prune for the measured winner.")
 
 
 COMMANDS: list[click.Command] = [select]
