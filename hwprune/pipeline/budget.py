@@ -225,6 +225,8 @@ def choose_k_for_budget(gs: GroupSet, table: LatencyTable, budget_ms: float, *, 
 
     Raises:
         ConfigError: a non-positive budget, or one that cannot be met with 1 group per scope.
+
+    Long (~60 lines) because the greedy search, its tie-breaking and the staircase check read as one loop.
     """
     if not budget_ms > 0:
         raise ConfigError(f"latency budget must be > 0 ms, got {budget_ms}")
@@ -315,6 +317,9 @@ def run_with_budget(cfg: TrainJobConfig, run_dir: Path, budget: str | float, opt
     (d) measured vs predicted at batch 1; if the miss exceeds ``tolerance`` the prediction target is
     scaled by predicted/measured once and the pipeline re-run (re-using the dense model). Writes
     ``RUN_DIR/latency_table.{json,csv}`` and ``RUN_DIR/latency_budget.json``; returns the latter.
+
+    Long and with ten parameters because it is the budget pipeline in one place: the options are the train job's
+    and the latency table's, passed through.
     """
     from hwprune.base.files import atomic_write_json
     from hwprune.groups import build_groups

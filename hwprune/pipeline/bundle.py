@@ -254,6 +254,8 @@ def make_bundle(run_dir: Path, out_dir: Path, *, int8: bool = False, calib_sampl
         calib_samples: training images used for int8 calibration.
         bench_spec: timing settings for the int8 comparison (default: the run's CPU profile bench).
         overwrite: replace a non-empty ``out_dir`` (the old bundle is removed only after the new one is complete).
+
+    Long because it is the bundle's write sequence (every file, hash and parity check in order) in one readable place.
     """
     out_dir = Path(out_dir)
     if calib_samples < 1:

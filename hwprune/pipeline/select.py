@@ -66,6 +66,9 @@ def measure_profiles(
     ``p90_ms``, ``speedup`` (dense median / pruned median, batch ``batch_size``) and ``recommended``
     (True on the fastest measured row with ``removed`` > 0 channels). A ``dense`` reference row is included.
     ``warmup``/``iters``/``repeats`` override each profile's bench settings (None: the profile's).
+
+    Long and with many parameters because it is a mini pipeline (build, prune, export, time) whose options are
+    the CLI's, passed through.
     """
     import torch
 

@@ -160,7 +160,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
-    """``report.md`` text for a derived report (see :func:`derive`)."""
+    """``report.md`` text for a derived report (see :func:`derive`).
+
+    Long because it is the report's sections in order (a template in code).
+    """
     r = report
     md = [f"# hwprune run: {r['model']} on {r['data']} for {r['profile']}", ""]
     sp = r.get("sparsity") or {}

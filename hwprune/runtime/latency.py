@@ -340,6 +340,8 @@ def build_latency_table(model: nn.Module, profile: HardwareProfile, example_inpu
         cache_path: JSON cache file (None: no cache).
         time_fn: timing function (default ``ort_time_layer``; tests inject a fake).
         fingerprint: machine fingerprint (default ``machine_fingerprint(bench.provider)``).
+
+    Ten parameters: the model, the example input and the timing options of the CLI, passed through.
     """
     bench = bench or table_bench_spec(profile.bench, batch)
     time_fn = time_fn or ort_time_layer

@@ -141,6 +141,9 @@ def build_engine(onnx_path: str | Path, precision: str, *, sparse: bool, batch_s
 
     Returns:
         ``(engine_bytes, BuildInfo)``; ``BuildInfo`` lists layers eligible for / using sparse tactics.
+
+    Long and with ten parameters: TensorRT's builder configuration (precision, sparsity, profiles, workspace) in
+    the order the API needs it.
     """
     trt = import_optional("tensorrt", extra="trt")
     min_s, opt_s, max_s = _profile_shapes(batch_sizes, input_shape)

@@ -246,6 +246,8 @@ def run_train_job(
             latency budget).
         latency_table: passed to ``build_groups`` (``weight_mode="latency"``).
         opts: the later steps' options, recorded in ``config.yaml`` (None: the defaults).
+
+    Long (~95 lines) because it is the job's sequence, each step one call, kept in one place on purpose.
     """
     # Everything that can be wrong with the job is checked before the run directory is touched.
     profile = profile or resolve_profile(cfg.profile)
