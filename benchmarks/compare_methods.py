@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from _results_io import RESULTS, md_table, ort_tag, torch_tag, write_results
 
-from hwprune.base.files import atomic_path
 from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune
 from hwprune.profiles import load_profile
+from hwprune.report.plots import save_figure
 from hwprune.sparsity.methods import get_method
 from hwprune.training.artifacts import TrainMetrics
 from hwprune.training.config import TrainJobConfig
@@ -128,11 +128,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def _ssr_vs_gl(rows: list[dict[str, Any]]) -> list[str]:

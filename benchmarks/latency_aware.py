@@ -31,6 +31,7 @@ from hwprune.base.files import atomic_write_json, atomic_write_text
 from hwprune.pipeline.budget import run_with_budget
 from hwprune.pipeline.steps import PipelineOptions, step_bench, step_export, step_prune, step_train
 from hwprune.profiles import load_profile, profile_to_dict
+from hwprune.report.plots import save_figure
 from hwprune.runtime.envinfo import collect_env
 from hwprune.runtime.latency import default_cache_path
 from hwprune.training.config import TrainJobConfig
@@ -92,10 +93,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def _markdown(rows: list[dict[str, Any]], iso: list[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -33,9 +33,9 @@ import torch
 from _peer_arms import MAC_RTOL, TpSettings, choose_round_to, tp_groupnorm_arm, tp_magnitude_arm
 from _results_io import RESULTS, md_table, ort_tag, torch_tag, write_results
 
-from hwprune.base.files import atomic_path
 from hwprune.models.complexity import count_params_and_macs
 from hwprune.profiles import BenchSpec, load_profile
+from hwprune.report.plots import save_figure
 from hwprune.runtime.bench import compare
 from hwprune.runtime.export import to_onnx
 from hwprune.training.config import TrainJobConfig
@@ -261,11 +261,7 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

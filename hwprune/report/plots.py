@@ -16,7 +16,8 @@ from hwprune.base.errors import DataError
 from hwprune.base.files import atomic_path
 from hwprune.base.optional import import_optional
 
-__all__ = ["read_log", "plot_training", "plot_widths", "plot_pareto", "pareto_front", "plot_latency_table", "DPI"]
+__all__ = ["read_log", "plot_training", "plot_widths", "plot_pareto", "pareto_front", "plot_latency_table",
+           "save_figure", "DPI"]
 
 DPI = 110
 _PHASE_COLORS = {"dense": "#dde8f5", "sparse": "#f7e3d2", "finetune": "#dcefd9"}
@@ -28,7 +29,8 @@ def _plt() -> Any:
     return import_optional("matplotlib.pyplot", extra="plots")
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure atomically as PNG (``DPI``, tight bounding box) and close it."""
     path = Path(path)
     try:
         with atomic_path(path, suffix=".png") as tmp:
@@ -93,7 +95,7 @@ def plot_training(records: Sequence[Mapping[str, Any]], path: Path) -> Path:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="gray")
         ax.set_title(title, pad=12)
         ax.set_xlabel("epoch (all phases)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_widths(widths: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -113,7 +115,7 @@ def plot_widths(widths: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax.set_ylabel("output channels")
     ax.set_title("layer widths (! = not a multiple of the profile block)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pareto_front(points: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -150,7 +152,7 @@ def plot_pareto(points: Sequence[Mapping[str, Any]], path: Path) -> Path:
     ax.grid(alpha=0.3)
     if points:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latency_table(table: Any, path: Path) -> Path:
@@ -169,4 +171,4 @@ def plot_latency_table(table: Any, path: Path) -> Path:
     if len(ax.get_lines()) <= 16:
         ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
