@@ -127,11 +127,13 @@ def hwprune_arm(args: argparse.Namespace, model_name: str, seed: int, s: float, 
     m = res.metrics
     step_prune(run_dir)  # the job already did the surgery and fine-tuned the compact model
     compact, _ = load_model(run_dir / "pruned")
+    per_epoch = math.ceil(m.splits.train / args.batch_size)  # a sparse phase that stops early hands its
+    sparse_steps, ft_steps = m.steps["sparse"], m.steps["finetune"]  # remaining steps to the fine-tune
     return compact, {
         "acc_before_finetune": m.val_accuracy.projected, "s_train": time.perf_counter() - t0,
-        "s_finetune": m.seconds.get("finetune", 0.0), "epochs_finetune": m.epochs["finetune"],
-        "sparse_epochs": m.epochs["sparse"], "zeroed_by_projection": m.groups.zeroed_by_projection,
-        "k": m.groups.k, "lam": m.lam}
+        "s_finetune": m.seconds.get("finetune", 0.0), "epochs_finetune": round(ft_steps / per_epoch, 2),
+        "sparse_epochs": round(sparse_steps / per_epoch, 2), "post_epochs": (sparse_steps + ft_steps) / per_epoch,
+        "zeroed_by_projection": m.groups.zeroed_by_projection, "k": m.groups.k, "lam": m.lam}
 
 
 def _latency(dense_onnx: Path, model: torch.nn.Module, example: torch.Tensor, path: Path,
@@ -169,7 +171,7 @@ def run_point(args: argparse.Namespace, model_name: str, seed: int, s: float, bu
             fn = tp_magnitude_arm if arm == "tp-magnitude" else tp_groupnorm_arm
             model, info = fn(dense, bundle, example, ratio, round_to, settings)
             info.update(tp_ratio=round(ratio, 4), tp_round_to=round_to)
-        if info["sparse_epochs"] + info["epochs_finetune"] != args.epochs:
+        if info.get("post_epochs", info["sparse_epochs"] + info["epochs_finetune"]) != args.epochs:
             raise SystemExit(f"{arm}: {info['sparse_epochs']} + {info['epochs_finetune']} post-dense epochs, "
                              f"expected {args.epochs} (equal epochs for every arm)")
         params, macs = count_params_and_macs(model, example)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,12 @@ def kept_norm_ratio(run: Path) -> float:
     return float((gs_s.norms()[keep] / gs_d.norms()[keep].clamp_min(1e-30)).median())
 
 
+def _epochs(m: Any, batch_size: int) -> str:
+    """``sparse+FT`` epochs as optimiser steps / steps per epoch (an early-stopped sparse phase's are partial)."""
+    per_epoch = math.ceil(m.splits.train / batch_size)
+    return f"{m.steps['sparse'] / per_epoch:.2f}+{m.steps['finetune'] / per_epoch:.2f}"
+
+
 def run_arm(a: argparse.Namespace, model: str, name: str, dense: Path, out: Path) -> dict[str, Any]:
     """One arm from the shared dense model (cached in ``out/arm.json``)."""
     cache = out / "arm.json"
@@ -121,7 +128,7 @@ def run_arm(a: argparse.Namespace, model: str, name: str, dense: Path, out: Path
            "nonzero_before_projection": m.groups.nonzero_before_projection, "k": m.groups.k,
            "zeroed_by_projection": m.groups.zeroed_by_projection, "zeroed_by": json.dumps(m.groups.zeroed_by),
            "kept_norm_ratio": round(kept_norm_ratio(out / "run"), 3),
-           "epochs": f"{m.epochs['sparse']}+{m.epochs['finetune']}", "seconds": round(time.perf_counter() - t0, 1)}
+           "epochs": _epochs(m, cfg.batch_size), "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write_json(cache, row)
     return row
 

@@ -134,3 +134,33 @@ def test_sparse_phase_runs_the_given_optimizer() -> None:
     assert opt.step_count == runner.steps(2) == 8
     assert res.info["frozen"] > 0  # the prox's half-space step zeroed groups itself
     assert res.zeroed_by_projection == sum(res.nonzero_before_projection) - int(k.sum())
+
+
+class _StopAfter:
+    """A sparse-phase callback whose selection is 'done' after ``n`` optimiser steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    def on_step_end(self, step: int, epoch: int) -> None:
+        self.seen = step + 1
+
+    def stop_requested(self) -> bool:
+        return self.seen >= self.n
+
+
+def test_an_early_stopped_sparse_phase_hands_its_remaining_steps_to_the_finetune(tmp_path: Path) -> None:
+    model, gs = _model()
+    k = gs.k_for_sparsity(0.5)
+    runner = _runner(tmp_path)  # 64 images / batch 16: 4 steps per epoch
+    opt = ProxSGD(model, gs, k, lr=0.05, lam=0.0)
+    spec = SparsifySpec(sparse=Phase("sparse", 2, 0.05, optimizer=opt, callbacks=(_StopAfter(3),)),
+                        finetune=Phase("finetune", 1, 0.05))
+    res = sparsify(runner, model, gs, k, spec)
+    assert opt.step_count == 3 and res.steps == {"sparse": 3, "finetune": 4 + 5}  # 3 + 9 = 3 epochs of 4 steps
+    assert res.epochs == {"sparse": 1, "finetune": 3}  # epochs begun: the last fine-tune epoch is partial
+    import json
+
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["step"]) for r in log] == [("sparse", 3), ("finetune", 4), ("finetune", 8),
+                                                      ("finetune", 9)]

@@ -201,3 +201,15 @@ def test_seed_everything_returns_a_seeded_generator() -> None:
     g2, b = seed_everything(11), torch.rand(3)
     assert torch.equal(a, b)
     assert torch.equal(torch.rand(2, generator=g1), torch.rand(2, generator=g2))
+
+
+def test_max_steps_ends_the_last_epoch_early_and_the_cosine_reaches_zero_there() -> None:
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, seed=0, device="cpu", progress=False, max_steps=14)
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=6)  # 192 images / 32
+    hist = fit(model, _data(), opt, cfg, scheduler=sched)
+    assert [r["step"] for r in hist.records] == [6, 12, 14]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the schedule ran over 14 steps
+    with pytest.raises(ConfigError, match="max_steps"):
+        TrainConfig(max_steps=0)

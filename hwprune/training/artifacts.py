@@ -134,7 +134,9 @@ class TrainMetrics:
     ``test_accuracy`` is measured once, at the end of the job (dense and final model only);
     ``val_accuracy`` after each stage on the validation split (all None without one).
     ``method_info`` is the method's own, free-form report (``SparseMethod.finalize``). ``budget``
-    ``recipe``: the method-independent steps (BatchNorm recalibration, distillation). ``budget``
+    ``recipe``: the method-independent steps (BatchNorm recalibration, distillation). ``epochs`` /
+    ``steps``: epochs begun / optimiser steps taken per phase (a sparse phase that stops early hands
+    its remaining steps to the fine-tune, so its last epoch and the fine-tune's are partial). ``budget``
     says where k came from: ``sparsity`` (``k = ceil((1 - sparsity) m)`` per scope; ``sparsity``
     is the requested fraction) or ``k_per_scope`` (given per scope, e.g. by a latency budget:
     ``sparsity`` is then not what was asked for).
@@ -161,6 +163,7 @@ class TrainMetrics:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     budget: str = "sparsity"
     recipe: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

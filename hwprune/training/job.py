@@ -317,7 +317,7 @@ def run_train_job(
         epochs={"dense": cfg.dense_epochs_resolved if not cfg.checkpoint else 0, **res.epochs},
         seconds=seconds, method_options=options.to_dict(), method_info=res.info,
         preprocessing=bundle.preprocessing, budget="sparsity" if k_override is None else "k_per_scope",
-        recipe=_recipe(cfg))
+        recipe=_recipe(cfg), steps=res.steps)
     rd.write_metrics(metrics)
     return TrainJobResult(metrics=metrics, model=res.model, groupset=gs, example_input=rd.example_input(),
                           profile=profile, rundir=rd)

@@ -231,6 +231,8 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{sums[0].item() / sums[3].item():.4f}", refresh=False)
         if stop_requested(callbacks):  # e.g. a sparse phase whose selection is finished: end the epoch here
             break
+        if cfg.max_steps is not None and step >= cfg.max_steps:  # the step budget ends inside this epoch
+            break
     sums = ddp.all_reduce_sum(sums.to(dev)).cpu()
     count = max(sums[3].item(), 1.0)
     return {
@@ -331,7 +333,7 @@ def fit(
     metrics_fn: Callable[[int, dict[str, Any]], Mapping[str, Any] | None] | None = None,
     loss_fn: LossFn | None = None,
 ) -> TrainHistory:
-    """Train ``model`` in place for ``cfg.epochs`` epochs and return the per-epoch history.
+    """Train ``model`` in place for ``cfg.epochs`` epochs (at most ``cfg.max_steps`` steps) and return the history.
 
     The keyword parameters are independent, optional extension points with neutral defaults (the
     engine in ``hwprune.training.phases`` fills them from one phase description).
@@ -371,7 +373,7 @@ def fit(
     hooks = [cb.on_epoch_end for cb in callbacks if hasattr(cb, "on_epoch_end")]
     hooks += [metrics_fn] if metrics_fn is not None else []
     for epoch in range(st.start_epoch, cfg.epochs):
-        if stop_requested(callbacks):
+        if stop_requested(callbacks) or (cfg.max_steps is not None and step >= cfg.max_steps):
             break
         _seed_epoch(st, cfg.seed, epoch)
         t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from hwprune.training.loop import BatchLoss, evaluate, fit
 from hwprune.training.schedule import TrainConfig, TrainHistory
 
 __all__ = ["PhaseContext", "Phase", "PhaseRunner", "Hooks", "ModelHook", "SparsifySpec", "SparsifyResult",
-           "sparsify", "masked_optimizer", "epochs_run", "EVAL_BATCH"]
+           "sparsify", "masked_optimizer", "epochs_run", "steps_run", "EVAL_BATCH"]
 
 EVAL_BATCH = 256  # batch size of every evaluation (accuracy does not depend on it)
 ExtraLoss = Callable[[nn.Module], Tensor]
@@ -82,6 +82,8 @@ class Phase:
             needs the batch, e.g. distillation: ``lambda x, out, y: kd(out, teacher(x))``).
         callbacks: ``fit`` callbacks (``on_step_end`` / ``on_epoch_end``).
         schedule: cosine, step or constant. seed_offset: added to the context's seed.
+        steps: optimiser steps in all (the cosine runs over them; the last epoch ends early); None: ``epochs``
+            whole epochs. ``epochs`` must then be ``ceil(steps / steps per epoch)``.
     """
 
     name: str
@@ -93,6 +95,7 @@ class Phase:
     callbacks: tuple[Any, ...] = ()
     schedule: str = "cosine"
     seed_offset: int = 0
+    steps: int | None = None
 
 
 class PhaseRunner:
@@ -103,14 +106,22 @@ class PhaseRunner:
 
     def steps(self, epochs: int) -> int:
         """Optimiser steps of ``epochs`` epochs on this process's training data."""
-        return epochs * math.ceil(len(self.ctx.train_data) / self.ctx.batch_size)  # type: ignore[arg-type]
+        return epochs * self.steps_per_epoch()
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps of one epoch on this process's training data (the last batch may be short)."""
+        from hwprune.training import distributed as ddp
+
+        per_process = math.ceil(len(self.ctx.train_data) / ddp.get_world_size())  # type: ignore[arg-type]
+        return math.ceil(per_process / self.ctx.batch_size)  # DistributedSampler pads to equal shards
 
     def train_config(self, phase: Phase) -> TrainConfig:
         """The ``TrainConfig`` ``fit`` gets for ``phase``."""
         c = self.ctx
         return TrainConfig(epochs=max(1, phase.epochs), batch_size=c.batch_size, lr=phase.lr, momentum=c.momentum,
                            weight_decay=c.weight_decay, seed=c.seed + phase.seed_offset,
-                           lr_schedule=phase.schedule, device=c.device, progress=c.progress)  # type: ignore[arg-type]
+                           lr_schedule=phase.schedule, device=c.device, progress=c.progress,  # type: ignore[arg-type]
+                           max_steps=phase.steps)
 
     def run(self, model: nn.Module, phase: Phase) -> TrainHistory:
         """Train ``model`` in place for ``phase``; returns its history (empty when ``epochs == 0``)."""
@@ -197,8 +208,9 @@ class SparsifyResult:
     ``hwprune.sparsity.monitor.ZeroCauseTracker``), ``untracked`` (zeroed before a resume),
     ``finalize`` (the method's finalize, e.g. a one-shot top-k), ``projection`` (the final top-k).
     ``epochs``: epochs the sparse phase and the fine-tune ran (a sparse phase that ends early, when
-    a callback's ``stop_requested()`` says its selection is done, gives its remaining epochs to the
-    fine-tune).
+    a callback's ``stop_requested()`` says its selection is done, gives its remaining optimiser steps
+    to the fine-tune, a partial epoch included: ``steps`` counts them, and sparse + fine-tune steps
+    are the same for every method).
     """
 
     model: nn.Module
@@ -213,6 +225,7 @@ class SparsifyResult:
     surgery: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
     epochs: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
 
 
 def masked_optimizer(model: nn.Module, groupset: GroupSet, lr: float, momentum: float,
@@ -246,10 +259,11 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     t0 = time.perf_counter()
     tracker = ZeroCauseTracker(groupset, spec.sparse.optimizer if spec.sparse else None, k=k,
                                start_now=not runner.ctx.resume)
-    sparse_ran = 0
+    sparse_ran, sparse_steps = 0, 0
     if spec.sparse is not None:
         hist = runner.run(model, replace(spec.sparse, callbacks=(*spec.sparse.callbacks, tracker)))
         sparse_ran = epochs_run(hist, spec.sparse.epochs)
+        sparse_steps = steps_run(hist) or runner.steps(sparse_ran)
     after_phase, phase_zeros = groupset.nonzero_per_scope(), tracker.per_scope()
     info = spec.finalize() if spec.finalize is not None else {}
     for hook in spec.hooks.before_projection:
@@ -274,8 +288,9 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     seconds["surgery"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ft = spec.finetune
-    if spec.sparse is not None:  # epochs a sparse phase did not need go to the fine-tune
-        ft = replace(ft, epochs=ft.epochs + max(0, spec.sparse.epochs - sparse_ran))
+    if spec.sparse is not None:  # the steps a sparse phase did not need go to the fine-tune
+        ft = _with_leftover_steps(ft, runner.steps(spec.sparse.epochs) - sparse_steps, runner.steps_per_epoch())
+    ft_steps = ft.steps if ft.steps is not None else runner.steps(ft.epochs)
     if ft.epochs > 0:
         opt = masked_optimizer(ft_model, ft_groups, ft.lr, runner.ctx.momentum, runner.ctx.weight_decay)
         runner.run(ft_model, replace(ft, optimizer=opt, batch_loss=spec.finetune_batch_loss or ft.batch_loss,
@@ -284,7 +299,21 @@ def sparsify(runner: PhaseRunner, model: nn.Module, groupset: GroupSet, k: Tenso
     return SparsifyResult(model=ft_model, groupset=ft_groups, info=info, nonzero_before_projection=before.tolist(),
                           zeroed_by_projection=zeroed, zeroed_by=zeroed_by, val_sparse=val_sparse,
                           val_projected=val_projected, val_final=runner.val_accuracy(ft_model), surgery=record,
-                          seconds=seconds, epochs={"sparse": sparse_ran, "finetune": ft.epochs})
+                          seconds=seconds, epochs={"sparse": sparse_ran, "finetune": ft.epochs},
+                          steps={"sparse": sparse_steps, "finetune": ft_steps if ft.epochs > 0 else 0})
+
+
+def _with_leftover_steps(ft: Phase, leftover: int, per_epoch: int) -> Phase:
+    """``ft`` lengthened by ``leftover`` optimiser steps (a partial epoch included), or ``ft`` when none are left."""
+    if leftover <= 0:
+        return ft
+    steps = ft.epochs * per_epoch + leftover
+    return replace(ft, epochs=math.ceil(steps / per_epoch), steps=steps)
+
+
+def steps_run(hist: TrainHistory) -> int:
+    """Optimiser steps a phase took (resumed runs included): the last epoch record's global step, or 0."""
+    return int(hist.records[-1]["step"]) if hist.records else 0
 
 
 def epochs_run(hist: TrainHistory, planned: int) -> int:

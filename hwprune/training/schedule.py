@@ -48,6 +48,7 @@ class TrainConfig:
     device: Literal["cpu", "cuda", "auto"] = "auto"
     progress: bool | None = None  # None: show bars only when stderr is a terminal
     grad_clip: float | None = None  # max global grad norm, None = off
+    max_steps: int | None = None  # optimiser steps in all (the last epoch ends early); None: epochs x steps/epoch
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "step", "constant"):
@@ -62,6 +63,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.warmup_epochs > self.epochs:
             raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
 
@@ -122,10 +125,13 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     """Per-step LambdaLR: linear warm-up over ``warmup_epochs``, then ``cfg.lr_schedule``.
 
     cosine: half cosine from the base LR to 0 over the remaining steps; step: x0.1 at 50 % and
-    75 % of the epochs; constant: the base LR. Step it once per optimiser step.
+    75 % of the epochs; constant: the base LR. Step it once per optimiser step. ``cfg.max_steps``
+    (when set) is the schedule's length instead of ``epochs x steps_per_epoch``.
     """
     if steps_per_epoch < 1:
         raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
-    milestones = [int(cfg.epochs * f) * steps_per_epoch for f in (0.5, 0.75)]
-    factor = _LRFactor(cfg.lr_schedule, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch, milestones)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    milestones = ([int(cfg.epochs * f) * steps_per_epoch for f in (0.5, 0.75)] if cfg.max_steps is None
+                  else [int(total * f) for f in (0.5, 0.75)])
+    factor = _LRFactor(cfg.lr_schedule, total, cfg.warmup_epochs * steps_per_epoch, milestones)
     return LambdaLR(optimizer, lr_lambda=factor)
