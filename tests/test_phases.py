@@ -164,3 +164,11 @@ def test_an_early_stopped_sparse_phase_hands_its_remaining_steps_to_the_finetune
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["step"]) for r in log] == [("sparse", 3), ("finetune", 4), ("finetune", 8),
                                                       ("finetune", 9)]
+
+
+def test_the_finetune_decays_every_weight_like_a_plain_sgd_finetune() -> None:
+    from hwprune.training.phases import masked_optimizer
+
+    model, gs = _model()
+    opt = masked_optimizer(model, gs, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    assert {g["weight_decay"] for g in opt.param_groups} == {5e-4}  # grouped tensors too (they were 0)

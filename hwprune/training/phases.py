@@ -232,12 +232,14 @@ def masked_optimizer(model: nn.Module, groupset: GroupSet, lr: float, momentum: 
                      weight_decay: float) -> ProxSGD:
     """SGD that keeps the zero groups of ``groupset`` at exactly zero (the fine-tune's optimiser).
 
-    A ``ProxSGD`` with ``lam = 0`` and no half-space step: grouped tensors get no weight decay (as in
-    the sparse phase), the rest ``weight_decay``; every group that is zero now is frozen.
+    A ``ProxSGD`` with ``lam = 0`` and no half-space step: plain momentum SGD with ``weight_decay`` on
+    every parameter, grouped or not (no penalty acts on the kept groups any more, so they need the same
+    decay as any fine-tune: Torch-Pruning's fine-tune uses it on all), and every group that is zero now
+    is frozen (its decay term is zero too).
     """
     k = groupset.nonzero_per_scope().clamp_min(1)
     opt = ProxSGD(model, groupset, k, ProxOptions(lr=lr, lam=0.0, momentum=momentum, weight_decay=weight_decay,
-                                                   halfspace=False))
+                                                   grouped_weight_decay=weight_decay, halfspace=False))
     opt.freeze_(torch.nonzero(~groupset.nonzero()).flatten())
     return opt
 
