@@ -59,7 +59,7 @@ def _tiny() -> tuple[nn.Module, object]:
 
 def test_registry_lists_all_methods() -> None:
     methods = list_methods()
-    for name in ("wgsef", "ssr-l21", "ssr-l20", "group-lasso", "magnitude"):
+    for name in ("wgsef", "ssr-l21", "ssr-l20", "group-lasso", "magnitude", "random"):
         assert name in methods and len(methods[name]) > 10 and "\n" not in methods[name]
     assert get_method("magnitude").trains is False and get_method("ssr-l20").trains is True
     with pytest.raises(ConfigError, match="ssr-l21"):
@@ -175,6 +175,22 @@ def test_magnitude_keeps_largest_groups() -> None:
         idx = torch.nonzero(gs.scope_index == s).flatten()
         top = set(idx[norms[idx].argsort(descending=True)[: int(k[s])]].tolist())
         assert set(idx[kept[idx]].tolist()) == top
+
+
+def test_random_keeps_k_groups_per_scope_chosen_by_its_own_seed() -> None:
+    kept = []
+    for seed in (0, 0, 1, 2, 3):
+        model, gs = _tiny()
+        k = gs.k_for_sparsity(0.5)
+        method = get_method("random")
+        method.parse_options({"seed": seed})
+        info = method.finalize(model, gs, k, None)
+        assert info == {"zeroed": gs.num_groups - int(k.sum()), "seed": seed}
+        assert torch.equal(gs.nonzero_per_scope(), k)
+        kept.append(tuple(gs.nonzero().tolist()))
+    assert kept[0] == kept[1] and len(set(kept)) > 2  # reproducible per seed, different across seeds
+    with pytest.raises(ConfigError, match="seed"):
+        get_method("random").parse_options({"seed": "one"})
 
 
 def test_layerwise_driver_masks_each_scope_and_keeps_it_zero() -> None:

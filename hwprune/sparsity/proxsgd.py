@@ -33,7 +33,7 @@ from hwprune.sparsity.lamcontrol import LamContinuation
 from hwprune.sparsity.proxstep import RIDGE_MODES, prox_factors
 from hwprune.sparsity.proxtarget import ProxTarget
 
-__all__ = ["ProxSGD", "ProxOptions", "project_to_k_", "k_per_scope", "scope_report", "layer_ids"]
+__all__ = ["ProxSGD", "ProxOptions", "project_to_k_", "keep_top_k_", "k_per_scope", "scope_report", "layer_ids"]
 
 
 def k_per_scope(groupset: GroupSet, sparsity: float) -> torch.Tensor:
@@ -72,14 +72,24 @@ def project_to_k_(groupset: GroupSet, k: torch.Tensor) -> torch.Tensor:
     scope). Returns the (G,) bool mask of groups zeroed by this call.
     """
     norms = groupset.norms()
-    score = norms / groupset.weights.sqrt()
-    score = torch.where(norms > 0, score, torch.full_like(score, -1.0))
+    return keep_top_k_(groupset, k, norms / groupset.weights.sqrt(), norms > 0)
+
+
+@torch.no_grad()
+def keep_top_k_(groupset: GroupSet, k: torch.Tensor, score: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Zero all ``alive`` groups but the top-``k`` per scope by ``score`` (G,) >= 0; returns the zeroed (G,) mask.
+
+    Groups not ``alive`` (already zero) never count as kept. In a scope spanning several layers every
+    layer first keeps its best alive group, so no layer is emptied. The rule of ``project_to_k_`` for
+    any score (e.g. the ``random`` baseline's).
+    """
+    score = torch.where(alive, score, torch.full_like(score, -1.0))
     layers = layer_ids(groupset)
     if layers is not None:  # a scope spanning several layers keeps each layer's best group first
-        floor = _best_per_layer(layers, score, norms > 0)
+        floor = _best_per_layer(layers, score, alive)
         score = torch.where(floor, score + 2.0 * (float(score.abs().max()) + 1.0), score)
-    keep = topk_mask(groupset, k, score) & (norms > 0)
-    drop = (~keep) & (norms > 0)
+    keep = topk_mask(groupset, k, score) & alive
+    drop = (~keep) & alive
     if bool(drop.any()):
         groupset.zero_(torch.nonzero(drop).flatten())
     return drop
