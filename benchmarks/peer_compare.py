@@ -4,7 +4,8 @@ For every (model, seed) one dense model is trained and saved; every arm starts f
 same number of post-dense epochs (``--epochs``):
 
 * hwprune ``wgsef`` (the default recipe), ``ssr-l21``, ``group-lasso``: sparse phase of
-  ``--sparse-epochs`` + fine-tune of the rest; ``magnitude``: one shot + all epochs as fine-tune
+  ``--sparse-epochs`` + fine-tune of the rest; ``magnitude`` and ``random`` (k random groups per scope, the
+  sanity reference, not a peer): one shot + all epochs as fine-tune
   (the train job itself; then surgery). All hwprune arms keep the same k groups per scope, hence the
   same widths.
 * Torch-Pruning ``GroupMagnitudeImportance`` one shot + fine-tune, and ``GroupNormPruner`` sparse
@@ -42,7 +43,7 @@ from hwprune.training.config import TrainJobConfig
 from hwprune.training.loop import evaluate, fit
 from hwprune.training.schedule import TrainConfig
 
-HW_ARMS = ("wgsef", "ssr-l21", "group-lasso", "magnitude")
+HW_ARMS = ("wgsef", "ssr-l21", "group-lasso", "magnitude", "random")  # random: does the selection matter?
 TP_ARMS = ("tp-magnitude", "tp-groupnorm")
 PEERS = ("tp-magnitude", "tp-groupnorm", "magnitude", "group-lasso")  # the arms WGSEF must beat
 VGG_KW = {"width": 0.5, "depth": 11}

@@ -13,9 +13,12 @@ against ``recipe`` (the library default now):
 * lam schedule: ``old-cont`` (per-scope continuation + release at k, ridge kept), ``old-cancel``
   (ridge-free DC step, fixed lam); BN recalibration: ``recipe-norecal``;
 * the recipe's own choices: ``recipe-group`` (prox on the whole group), ``recipe-keep`` (ridge kept),
-  ``recipe-nostop`` (the sparse phase runs all its epochs), ``recipe-sf0.2`` (faster ramp),
-  ``recipe-rewind`` (selection kept, weights reset to the dense model's), ``recipe-kd`` (distillation);
-* references: ``magnitude`` (hwprune one-shot) and ``magnitude-kd``.
+  ``recipe-renorm`` (scopes rescaled), ``recipe-nostop`` (the sparse phase runs all its epochs),
+  ``recipe-sf0.2`` / ``recipe-sf0.6`` (slower ramps), ``recipe-eps0`` (no half-space step),
+  ``recipe-lowlr`` (sparse phase at the fine-tune lr), ``recipe-rewind`` (selection kept, weights
+  reset to the dense model's), ``recipe-kd`` (distillation), and two-change arms ``recipe-group-*``;
+* references: ``magnitude`` (hwprune one-shot), ``magnitude-kd`` and ``random`` / ``random-s1``
+  (k random groups per scope: does the selection matter at all?).
 
 Per arm: validation accuracy when the sparse phase ended (before the projection), after the
 projection (+ BN recalibration unless disabled) and at the end; test accuracy at the end; groups
@@ -61,10 +64,21 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "recipe-group": ("prox on the whole group", {"method_options": {"prox_on": "group"}}),
     "recipe-keep": ("ridge kept", {"method_options": {"ridge": "keep"}}),
     "recipe-nostop": ("sparse phase runs all its epochs", {"method_options": {"stop_when_selected": False}}),
-    "recipe-sf0.2": ("faster ramp (select_frac 0.2)", {"method_options": {"select_frac": 0.2}}),
+    "recipe-sf0.2": ("slower ramp (select_frac 0.2)", {"method_options": {"select_frac": 0.2}}),
+    "recipe-sf0.6": ("much slower ramp (select_frac 0.6)", {"method_options": {"select_frac": 0.6}}),
+    "recipe-eps0": ("no half-space step (the prox alone zeroes)", {"method_options": {"eps": 0.0}}),
     "recipe-rewind": ("selection kept, dense weights", {"rewind": True}),
     "recipe-kd": ("+ distillation", {"distill": True}),
+    "recipe-lowlr": ("sparse phase at the fine-tune lr", {"lr": 0.025, "finetune_lr": 0.025}),
+    "recipe-group-rewind": ("prox on the whole group, dense weights", {"method_options": {"prox_on": "group"},
+                                                                      "rewind": True}),
+    "recipe-group-lowlr": ("prox on the whole group, fine-tune lr", {"method_options": {"prox_on": "group"},
+                                                                    "lr": 0.025, "finetune_lr": 0.025}),
     "magnitude-kd": ("reference + distillation", {"method": "magnitude", "distill": True}),
+    "random": ("reference: k random groups per scope (seed 0)", {"method": "random"}),
+    "random-s1": ("reference: k random groups per scope (seed 1)", {"method": "random",
+                                                                    "method_options": {"seed": 1}}),
+    "recipe-renorm": ("kept scopes rescaled to their top-k norm", {"method_options": {"ridge": "renorm"}}),
 }
 VGG_KW = {"width": 0.5, "depth": 11}
 

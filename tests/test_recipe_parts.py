@@ -199,7 +199,7 @@ def test_distill_term_is_the_tempered_kl_to_the_eval_mode_teacher() -> None:
 def test_wgsef_options_defaults_and_validation() -> None:
     m = get_method("wgsef")
     opts = m.parse_options({})
-    assert (opts.schedule, opts.prox_on, opts.ridge) == ("continuation", "norm", "cancel")
+    assert (opts.schedule, opts.prox_on, opts.ridge) == ("continuation", "norm", "renorm")
     assert m.parse_options({"schedule": "constant", "ridge": "keep", "prox_on": "group"}).schedule == "constant"
     for bad in ({"schedule": "fast"}, {"ridge": "none"}, {"tau0": 2.0}, {"select_frac": 0.0}, {"pace": "x"}):
         with pytest.raises(ConfigError):

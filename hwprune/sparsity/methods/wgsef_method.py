@@ -49,9 +49,10 @@ class WgsefOptions(MethodOptions):
         prox_on: which slices the prox measures and shrinks: ``norm`` (default: a group's BatchNorm
             gamma/beta where it has them, the whole group otherwise), ``group`` (every slice, the
             paper's reading) or ``weights`` (everything but gamma/beta; diagnosis only).
-        ridge: ``cancel`` (default: the ridge-free DC step, saturated groups are not shrunk), ``keep``
-            (the plain prox of METHOD.md 6.2) or ``renorm`` (``cancel`` + a uniform rescale of scopes
-            behind a BatchNorm).
+        ridge: ``renorm`` (default: ``cancel`` + one uniform rescale per scope behind a BatchNorm that
+            keeps the joint norm of its k largest groups: the survivors are not shrunk while the others
+            fade; elsewhere it is ``cancel``), ``cancel`` (the ridge-free DC step, saturated groups are
+            not shrunk) or ``keep`` (the plain prox of METHOD.md 6.2).
         tau0, tau_end: first and ramp-end prox steps of the continuation (dimensionless, 0 < tau0 < tau_end).
         select_frac: fraction of the phase over which the step ramps from ``tau0`` to ``tau_end``, in (0, 1].
         pace: ``geometric`` (default) or ``cubic`` (growth paced by the gradual-pruning target).
@@ -64,7 +65,7 @@ class WgsefOptions(MethodOptions):
 
     schedule: str = "continuation"
     prox_on: str = "norm"
-    ridge: str = "cancel"
+    ridge: str = "renorm"
     tau0: float = 1e-4
     tau_end: float = 1.0
     select_frac: float = 0.1
