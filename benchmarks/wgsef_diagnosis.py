@@ -3,7 +3,7 @@
 Per model ONE dense model is trained (``--dense-epochs``) and saved under ``--work-dir``; every arm
 starts from it (``TrainJobConfig(checkpoint=...)``) with the same ``--post-epochs`` after the dense
 phase (sparse phase + compact fine-tune; one-shot arms fine-tune for all of them; an arm whose
-sparse phase ends early, when the prox has selected k groups, gives its remaining epochs to the
+sparse phase ends early, when the prox has selected k groups, gives its remaining optimiser steps to the
 fine-tune). Each arm changes ONE thing against ``old`` (hwprune's WGSEF before issue 11: fixed
 lam 0.5, the whole group in the prox, the ridge kept, half-space step after 30 % of the phase) or
 against ``recipe`` (the library default now):
@@ -13,10 +13,12 @@ against ``recipe`` (the library default now):
 * lam schedule: ``old-cont`` (per-scope continuation + release at k, ridge kept), ``old-cancel``
   (ridge-free DC step, fixed lam); BN recalibration: ``recipe-norecal``;
 * the recipe's own choices: ``recipe-group`` (prox on the whole group), ``recipe-keep`` (ridge kept),
-  ``recipe-renorm`` (scopes rescaled), ``recipe-nostop`` (the sparse phase runs all its epochs),
-  ``recipe-sf0.2`` / ``recipe-sf0.6`` (slower ramps), ``recipe-eps0`` (no half-space step),
-  ``recipe-lowlr`` (sparse phase at the fine-tune lr), ``recipe-rewind`` (selection kept, weights
-  reset to the dense model's), ``recipe-kd`` (distillation), and two-change arms ``recipe-group-*``;
+  ``recipe-renorm`` (= ``recipe`` since renorm is the default), ``recipe-nostop`` (the sparse phase
+  runs all its epochs), ``recipe-sf0.2`` (slower ramp), ``recipe-rewind`` (selection kept, weights
+  reset to the dense model's), ``recipe-kd`` (distillation);
+* against ``cancel`` (the recipe with ridge ``cancel``, the default before ``renorm``): ``cancel-group``,
+  ``cancel-sf0.6`` (much slower ramp), ``cancel-eps0`` (no half-space step), ``cancel-rewind``,
+  ``cancel-lowlr`` (sparse phase at the fine-tune lr), ``cancel-group-rewind``, ``cancel-group-lowlr``;
 * references: ``magnitude`` (hwprune one-shot), ``magnitude-kd`` and ``random`` / ``random-s1``
   (k random groups per scope: does the selection matter at all?).
 
@@ -49,6 +51,7 @@ from hwprune.training.job import run_train_job
 from hwprune.training.rundir import RunDir
 
 OLD = {"schedule": "constant", "prox_on": "group", "ridge": "keep", "stop_when_selected": False}
+CANCEL = {"ridge": "cancel"}
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "magnitude": ("reference: hwprune one-shot magnitude", {"method": "magnitude"}),
     "old": ("WGSEF before issue 11 (lam 0.5, whole group, ridge kept)", {"method_options": OLD, "lam": 0.5}),
@@ -65,20 +68,24 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "recipe-keep": ("ridge kept", {"method_options": {"ridge": "keep"}}),
     "recipe-nostop": ("sparse phase runs all its epochs", {"method_options": {"stop_when_selected": False}}),
     "recipe-sf0.2": ("slower ramp (select_frac 0.2)", {"method_options": {"select_frac": 0.2}}),
-    "recipe-sf0.6": ("much slower ramp (select_frac 0.6)", {"method_options": {"select_frac": 0.6}}),
-    "recipe-eps0": ("no half-space step (the prox alone zeroes)", {"method_options": {"eps": 0.0}}),
-    "recipe-rewind": ("selection kept, dense weights", {"rewind": True}),
-    "recipe-kd": ("+ distillation", {"distill": True}),
-    "recipe-lowlr": ("sparse phase at the fine-tune lr", {"lr": 0.025, "finetune_lr": 0.025}),
-    "recipe-group-rewind": ("prox on the whole group, dense weights", {"method_options": {"prox_on": "group"},
-                                                                      "rewind": True}),
-    "recipe-group-lowlr": ("prox on the whole group, fine-tune lr", {"method_options": {"prox_on": "group"},
-                                                                    "lr": 0.025, "finetune_lr": 0.025}),
     "magnitude-kd": ("reference + distillation", {"method": "magnitude", "distill": True}),
     "random": ("reference: k random groups per scope (seed 0)", {"method": "random"}),
     "random-s1": ("reference: k random groups per scope (seed 1)", {"method": "random",
                                                                     "method_options": {"seed": 1}}),
     "recipe-renorm": ("kept scopes rescaled to their top-k norm", {"method_options": {"ridge": "renorm"}}),
+    # One change against ``cancel``: the recipe of stop 17 (ridge "cancel"), measured after the fixes of
+    # the step hand-over and the fine-tune's weight decay, before "renorm" became the default.
+    "cancel": ("the recipe with ridge cancel (stop 17's default)", {"method_options": CANCEL}),
+    "cancel-group": ("prox on the whole group", {"method_options": {**CANCEL, "prox_on": "group"}}),
+    "cancel-sf0.6": ("much slower ramp (select_frac 0.6)", {"method_options": {**CANCEL, "select_frac": 0.6}}),
+    "cancel-eps0": ("no half-space step (the prox alone zeroes)", {"method_options": {**CANCEL, "eps": 0.0}}),
+    "cancel-rewind": ("selection kept, dense weights", {"method_options": CANCEL, "rewind": True}),
+    "cancel-lowlr": ("sparse phase at the fine-tune lr", {"method_options": CANCEL, "lr": 0.025,
+                                                          "finetune_lr": 0.025}),
+    "cancel-group-rewind": ("prox on the whole group, dense weights",
+                            {"method_options": {**CANCEL, "prox_on": "group"}, "rewind": True}),
+    "cancel-group-lowlr": ("prox on the whole group, fine-tune lr",
+                           {"method_options": {**CANCEL, "prox_on": "group"}, "lr": 0.025, "finetune_lr": 0.025}),
 }
 VGG_KW = {"width": 0.5, "depth": 11}
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.monitor import GroupCountLogger, ZeroCauseTracker
 from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD, project_to_k_
+from hwprune.training import distributed as ddp
 from hwprune.training.loop import BatchLoss, evaluate, fit
 from hwprune.training.schedule import TrainConfig, TrainHistory
 
@@ -110,8 +111,6 @@ class PhaseRunner:
 
     def steps_per_epoch(self) -> int:
         """Optimiser steps of one epoch on this process's training data (the last batch may be short)."""
-        from hwprune.training import distributed as ddp
-
         per_process = math.ceil(len(self.ctx.train_data) / ddp.get_world_size())  # type: ignore[arg-type]
         return math.ceil(per_process / self.ctx.batch_size)  # DistributedSampler pads to equal shards
 
