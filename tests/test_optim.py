@@ -11,7 +11,8 @@ from torch import nn
 
 from hwprune.groups import build_groups
 from hwprune.profiles import profile_from_dict
-from hwprune.sparsity.proxsgd import ProxSGD, k_per_scope, project_to_k_, scope_report
+from hwprune.sparsity.proxsgd import ProxSGD
+from hwprune.sparsity.selection import k_per_scope, project_to_k_, scope_report
 
 pytestmark = pytest.mark.numerics  # re-run under every ATen CPU capability (make test)
 

@@ -76,7 +76,7 @@ def test_compact_finetune_matches_the_masked_one() -> None:
 
 
 def _projected(base: nn.Module, k: torch.Tensor) -> tuple[nn.Module, GroupSet]:
-    from hwprune.sparsity.proxsgd import project_to_k_
+    from hwprune.sparsity.selection import project_to_k_
 
     model = copy.deepcopy(base)
     groups = build_groups(model, PROFILE, example_input("chain"))

@@ -1,6 +1,6 @@
 """``topk_mask``: keep the ``k[s]`` highest-scoring groups of every scope (the one top-k of hwprune).
 
-Used by the top-k projection (``hwprune.sparsity.proxsgd.project_to_k_``), SSR's selection by
+Used by the top-k projection (``hwprune.sparsity.selection.project_to_k_``), SSR's selection by
 ``||F||`` and the measured profile selection. Ties are broken by group id (lower id kept first),
 so the result never depends on sort stability or on the last bit of equal scores.
 """

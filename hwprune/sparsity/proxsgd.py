@@ -25,85 +25,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hwprune.base.checks import check_sparsity
 from hwprune.groups.groupset import GroupSet
-from hwprune.groups.topk import topk_mask
 from hwprune.sparsity import wgsef
 from hwprune.sparsity.lamcontrol import LamContinuation
 from hwprune.sparsity.proxstep import RIDGE_MODES, prox_factors
 from hwprune.sparsity.proxtarget import ProxTarget
+from hwprune.sparsity.selection import best_per_layer, layer_ids
 
-__all__ = ["ProxSGD", "ProxOptions", "project_to_k_", "keep_top_k_", "k_per_scope", "scope_report", "layer_ids"]
-
-
-def k_per_scope(groupset: GroupSet, sparsity: float) -> torch.Tensor:
-    """Budget per scope for a target group sparsity ``s``: ``k = ceil((1 - s) * m) >= 1``, shape (S,)."""
-    return groupset.k_for_sparsity(check_sparsity(sparsity))
-
-
-def layer_ids(groupset: GroupSet) -> torch.Tensor | None:
-    """(G,) long id of each group's root layer, or None when no scope spans more than one layer."""
-    if groupset.phase != "structured" or groupset.num_groups == 0:
-        return None
-    names = [g.root_module for g in groupset.groups]
-    lookup: dict[str, int] = {}
-    ids = torch.tensor([lookup.setdefault(n, len(lookup)) for n in names], dtype=torch.long)
-    pairs = torch.unique(torch.stack([groupset.scope_index.to(torch.long), ids]), dim=1)
-    return ids if pairs.shape[1] > groupset.num_scopes else None
-
-
-def _best_per_layer(layers: torch.Tensor, score: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-    """(G,) bool: the single highest-``score`` eligible group of every layer (ties: lowest index)."""
-    masked = torch.where(eligible, score, torch.full_like(score, -torch.inf))
-    n = int(layers.max()) + 1
-    best = torch.full((n,), -torch.inf, dtype=score.dtype).scatter_reduce(0, layers, masked, reduce="amax")
-    is_best = eligible & (masked == best[layers])
-    first = torch.full((n,), layers.numel(), dtype=torch.long).scatter_reduce(
-        0, layers, torch.where(is_best, torch.arange(layers.numel()), layers.numel()), reduce="amin")
-    return is_best & (torch.arange(layers.numel()) == first[layers])
-
-
-@torch.no_grad()
-def project_to_k_(groupset: GroupSet, k: torch.Tensor) -> torch.Tensor:
-    """Zero all but the top-``k`` groups per scope by ``||x_G|| / sqrt(d_G)`` (the lam -> inf selection).
-
-    Zero groups never count as kept. In a scope spanning several layers (global scope) every layer first
-    keeps its best nonzero group, so no layer is emptied (METHOD.md section 6.3's hazard of the global
-    scope). Returns the (G,) bool mask of groups zeroed by this call.
-    """
-    norms = groupset.norms()
-    return keep_top_k_(groupset, k, norms / groupset.weights.sqrt(), norms > 0)
-
-
-@torch.no_grad()
-def keep_top_k_(groupset: GroupSet, k: torch.Tensor, score: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-    """Zero all ``alive`` groups but the top-``k`` per scope by ``score`` (G,) >= 0; returns the zeroed (G,) mask.
-
-    Groups not ``alive`` (already zero) never count as kept. In a scope spanning several layers every
-    layer first keeps its best alive group, so no layer is emptied. The rule of ``project_to_k_`` for
-    any score (e.g. the ``random`` baseline's).
-    """
-    score = torch.where(alive, score, torch.full_like(score, -1.0))
-    layers = layer_ids(groupset)
-    if layers is not None:  # a scope spanning several layers keeps each layer's best group first
-        floor = _best_per_layer(layers, score, alive)
-        score = torch.where(floor, score + 2.0 * (float(score.abs().max()) + 1.0), score)
-    keep = topk_mask(groupset, k, score) & alive
-    drop = (~keep) & alive
-    if bool(drop.any()):
-        groupset.zero_(torch.nonzero(drop).flatten())
-    return drop
-
-
-def scope_report(groupset: GroupSet, k: torch.Tensor) -> list[dict[str, Any]]:
-    """Per scope ``{name, total, k, nonzero}`` (plain ints), the record every run stores."""
-    nonzero = groupset.nonzero_per_scope()
-    return [
-        {"name": name, "total": int(total), "k": int(kk), "nonzero": int(nz)}
-        for name, total, kk, nz in zip(
-            groupset.scope_names, groupset.scope_sizes.tolist(), k.tolist(), nonzero.tolist(), strict=True
-        )
-    ]
+__all__ = ["ProxSGD", "ProxOptions"]
 
 
 @dataclass(frozen=True)
@@ -390,7 +319,7 @@ class ProxSGD(torch.optim.Optimizer):
             survivors = alive & ~capped
             n = int(self._layers.max()) + 1
             left = torch.zeros(n, dtype=torch.long).index_add_(0, self._layers, survivors.to(torch.long))
-            spare = _best_per_layer(self._layers, ratio, capped) & (left[self._layers] == 0)
+            spare = best_per_layer(self._layers, ratio, capped) & (left[self._layers] == 0)
             capped = capped & ~spare
         return capped
 

@@ -34,7 +34,7 @@ from hwprune.models import create_model
 from hwprune.profiles import HardwareProfile, load_profile
 from hwprune.sparsity.methods import MethodConfig, MethodOptions, SparseMethod, SparsePhase, get_method
 from hwprune.sparsity.monitor import GroupCountLogger
-from hwprune.sparsity.proxsgd import scope_report
+from hwprune.sparsity.selection import scope_report
 from hwprune.training.artifacts import ByStage, GroupCounts, ScopeCount, SplitSizes, TrainMetrics
 from hwprune.training.bnrecal import bn_recalibration_hook
 from hwprune.training.compact import alignment_warnings, compact_run_model, surgery_groups

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.monitor import GroupCountLogger, ZeroCauseTracker
-from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD, project_to_k_
+from hwprune.sparsity.proxsgd import ProxOptions, ProxSGD
+from hwprune.sparsity.selection import project_to_k_
 from hwprune.training import distributed as ddp
 from hwprune.training.loop import BatchLoss, evaluate, fit
 from hwprune.training.schedule import TrainConfig, TrainHistory

@@ -1,6 +1,6 @@
 """One-shot magnitude baseline: keep the top-k groups per scope of the dense model, no sparse phase.
 
-Selection is by ``||W_g|| / sqrt(d_g)`` (``hwprune.sparsity.proxsgd.project_to_k_``; the plain group L2 norm
+Selection is by ``||W_g|| / sqrt(d_g)`` (``hwprune.sparsity.selection.project_to_k_``; the plain group L2 norm
 under ``weight_mode: uniform``), the same rule the runner uses to trim every method to ``k``. The
 runner then fine-tunes with the mask fixed. For an equal-budget comparison the runner should give
 this method's sparse-phase epochs to fine-tuning (``trains = False``): total epochs then match the
@@ -17,7 +17,7 @@ from torch import nn
 from hwprune.base.errors import ConfigError
 from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.methods.base import MethodConfig, SparseMethod, SparsePhase, register_method
-from hwprune.sparsity.proxsgd import project_to_k_
+from hwprune.sparsity.selection import project_to_k_
 
 __all__ = ["MagnitudeMethod"]
 

@@ -18,7 +18,7 @@ from torch import nn
 from hwprune.base.errors import ConfigError
 from hwprune.groups.groupset import GroupSet
 from hwprune.sparsity.methods.base import MethodConfig, MethodOptions, SparseMethod, SparsePhase, register_method
-from hwprune.sparsity.proxsgd import keep_top_k_
+from hwprune.sparsity.selection import keep_top_k_
 
 __all__ = ["RandomMethod", "RandomOptions"]
 
