@@ -252,7 +252,8 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     cols = min(3, len(panels))
     rows_n = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.4 * cols, 3.6 * rows_n), squeeze=False)
-    markers = dict(zip(HW_ARMS + TP_ARMS, "o^vsDP", strict=True))
+    shapes = "o^vsxDPh*"
+    markers = {arm: shapes[i % len(shapes)] for i, arm in enumerate(HW_ARMS + TP_ARMS)}
     for ax, (model, s) in zip(axes.flat, panels, strict=False):
         for r in (r for r in summary if r["model"] == model and r["sparsity"] == s and "lat_b1_ms" in r):
             ax.scatter(r["lat_b1_ms"], r["acc"], marker=markers.get(r["arm"], "o"), label=r["arm"], zorder=3)
