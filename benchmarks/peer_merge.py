@@ -5,8 +5,8 @@ lines and the accuracy-vs-latency plot are the ones ``peer_compare`` itself writ
 ``verdicts``, ``plot``), so a split run and a single run report the same way. A (model, seed, sparsity,
 arm) present in two inputs is an error (one line, exit code 2): a merge never averages a run twice.
 
-    .venv/bin/python benchmarks/peer_merge.py benchmarks/results/peer_compare-A.csv ... \\
-        --tag fmnist20k-v2-2seeds --note "which machines ran which file"
+    .venv/bin/python benchmarks/peer_merge.py results/peer_compare-A.csv results/peer_compare-B.csv
+        --tag NAME --note "which machines ran which file"     (run from benchmarks/)
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""``benchmarks/peer_compare.py``'s Pareto plot draws every arm it runs (it once failed after hours of training),
-and ``peer_merge.py`` averages each run once."""
+"""The peer benchmark's own code: every arm gets a plot marker, and a merge averages each run once.
+
+``peer_compare``'s plot once failed after hours of training when an arm was added.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def test_plot_has_a_marker_for_every_arm(tmp_path: Path) -> None:
 
 
 def _csv(path: Path, seed: int, accs: dict[str, float]) -> Path:
-    head = "model,seed,sparsity,arm,acc,acc_dense,drop_pt,params,macs,s_train,s_per_ft_epoch,zeroed_by_projection,lat_b1_ms,lat_b32_ms"
+    head = ("model,seed,sparsity,arm,acc,acc_dense,drop_pt,params,macs,s_train,s_per_ft_epoch,zeroed_by_projection,"
+            "lat_b1_ms,lat_b32_ms")
     lines = [f"vgg,{seed},0.5,{arm},{acc},91.0,{91.0 - acc},100,1000,10.0,2.0,{0 if arm == 'wgsef' else ''},0.1,1.0"
              for arm, acc in accs.items()]
     path.write_text("\n".join([head, *lines]) + "\n")
