@@ -46,6 +46,12 @@ from hwprune.training.schedule import TrainConfig
 HW_ARMS = ("wgsef", "ssr-l21", "group-lasso", "magnitude", "random")  # random: does the selection matter?
 TP_ARMS = ("tp-magnitude", "tp-groupnorm")
 PEERS = ("tp-magnitude", "tp-groupnorm", "magnitude", "group-lasso")  # the arms WGSEF must beat
+# (summary key, header) of the mean-over-seeds table (also peer_merge's)
+SUMMARY_COLUMNS = [("model", "model"), ("sparsity", "sparsity"), ("arm", "arm"), ("seeds", "seeds"), ("acc", "acc %"),
+                   ("acc_spread", "spread pt"), ("acc_dense", "dense %"), ("drop_pt", "drop pt"),
+                   ("params", "params"), ("macs", "MACs"), ("lat_b1_ms", "ORT b1 ms"), ("lat_b32_ms", "ORT b32 ms"),
+                   ("s_train", "train s"), ("s_per_ft_epoch", "s / FT epoch"),
+                   ("projection_zero_runs", "proj. removed 0")]
 VGG_KW = {"width": 0.5, "depth": 11}
 
 
@@ -289,10 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(rows)
     tag = args.tag or f"{args.data}-{args.train_limit or 'full'}-d{args.dense_epochs}e{args.epochs}"
     stem = args.out_dir / f"peer_compare-{tag}-{ort_tag()}-cpu-{torch_tag()}"
-    cols = [("model", "model"), ("sparsity", "sparsity"), ("arm", "arm"), ("seeds", "seeds"), ("acc", "acc %"),
-            ("acc_spread", "spread pt"), ("acc_dense", "dense %"), ("drop_pt", "drop pt"), ("params", "params"),
-            ("macs", "MACs"), ("lat_b1_ms", "ORT b1 ms"), ("lat_b32_ms", "ORT b32 ms"), ("s_train", "train s"),
-            ("s_per_ft_epoch", "s / FT epoch"), ("projection_zero_runs", "proj. removed 0")]
     md = [f"# peer_compare: {args.data}, profile {args.profile}, equal widths (MACs within {100 * MAC_RTOL:g} %) "
           "and equal epochs", "",
           f"Protocol: training subset {args.train_limit or 'all'} images (stratified), full test split evaluated once "
@@ -305,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
           f"CPU fp32, {args.ort_threads} thread(s), median of {args.bench_repeats} rounds x {args.bench_iters} "
           f"iterations, dense and arm interleaved in a fresh worker. Seeds {args.seeds}. Wall time "
           f"{(time.perf_counter() - t_start) / 60:.0f} min. {args.note}", "",
-          "## Mean over seeds", "", *md_table(summary, cols), "", "## Targets", "", *verdicts(summary, rows), "",
+          "## Mean over seeds", "", *md_table(summary, SUMMARY_COLUMNS), "",
+          "## Targets", "", *verdicts(summary, rows), "",
           "## Every run", "", *md_table(rows, [(k, k) for k in rows[0]] if rows else [])]
     write_results(stem, rows, md, vars(args) | {"work_dir": str(args.work_dir), "out_dir": str(args.out_dir)})
     plot(summary, stem.with_name(stem.name + ".png"))

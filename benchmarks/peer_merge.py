@@ -18,13 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from _results_io import RESULTS, md_table, write_results
-from peer_compare import plot, summarize, verdicts
+from peer_compare import SUMMARY_COLUMNS, plot, summarize, verdicts
 
 KEY = ("model", "seed", "sparsity", "arm")
-COLUMNS = [("model", "model"), ("sparsity", "sparsity"), ("arm", "arm"), ("seeds", "seeds"), ("acc", "acc %"),
-           ("acc_spread", "spread pt"), ("acc_dense", "dense %"), ("drop_pt", "drop pt"), ("params", "params"),
-           ("macs", "MACs"), ("lat_b1_ms", "ORT b1 ms"), ("lat_b32_ms", "ORT b32 ms"), ("s_train", "train s"),
-           ("s_per_ft_epoch", "s / FT epoch"), ("projection_zero_runs", "proj. removed 0")]
 
 
 def _value(text: str) -> Any:
@@ -75,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows)
     md = [f"# peer_compare, merged: {len(rows)} runs from {len(args.csvs)} files", "",
           f"Inputs (each file's .md states its protocol and machine): {', '.join(c.name for c in args.csvs)}. "
-          f"{args.note}", "", "## Mean over seeds", "", *md_table(summary, COLUMNS), "",
+          f"{args.note}", "", "## Mean over seeds", "", *md_table(summary, SUMMARY_COLUMNS), "",
           "## Targets", "", *verdicts(summary, rows), ""]
     stem = args.out_dir / f"peer_compare-{args.tag}-merged"
     write_results(stem, rows, md, {"inputs": [str(c) for c in args.csvs], "note": args.note})
