@@ -44,7 +44,7 @@ def test_default_recipe_reaches_k_by_prox_and_matches_magnitude(dense_ckpt: Path
     # equal budgets: the steps the early-stopped sparse phase did not take go to the fine-tune
     assert 0 < rec.steps["sparse"] < mag.steps["finetune"] / 4 and mag.steps["sparse"] == 0
     assert rec.steps["sparse"] + rec.steps["finetune"] == mag.steps["finetune"]
-    assert rec.recipe == {"bn_recalibrate": True, "distill": False}
+    assert rec.recipe == {"bn_recalibrate": True, "distill": False, "block_order": "norm"}
     a_rec, a_mag = rec.test_accuracy.final, mag.test_accuracy.final
     assert a_rec is not None and a_mag is not None
     assert a_rec >= a_mag - MARGIN, f"recipe {a_rec:.4f} vs magnitude {a_mag:.4f} (margin {MARGIN:.4f})"

@@ -145,6 +145,9 @@ _JOB_OPTIONS: list[Callable[[Any], Any]] = [
                  help="fine-tune with a dense-teacher distillation term (any method) [default: off]"),
     click.option("--bn-recalibrate/--no-bn-recalibrate", "bn_recalibrate", default=None,
                  help="re-estimate BatchNorm statistics on training images after the projection [default: on]"),
+    click.option("--block-order", type=click.Choice(["norm", "index"]),
+                 help="which channels share a channel block: sorted by magnitude after the dense phase, or "
+                 "consecutive [default: norm]"),
     click.option("--lr", type=float, help="learning rate of the sparse phase (and of the dense phase unless "
                  "--dense-lr) [default: 0.05]"),
     click.option("--dense-lr", type=float, help="learning rate of the dense phase [default: --lr]"),

@@ -43,14 +43,17 @@ from hwprune.groups.masks import add_layer_groups, add_mask_groups, add_nm_group
 from hwprune.groups.segments import Claims, Layout, record_spatial
 from hwprune.profiles.schema import HardwareProfile
 
-__all__ = ["build_groups"]
+__all__ = ["build_groups", "BLOCK_ORDERS"]
+
+BLOCK_ORDERS = ("index", "norm")
 
 log = logging.getLogger(__name__)
 
 
 def build_groups(model: nn.Module, profile: HardwareProfile, example_inputs: Any,
                  phase: Literal["structured", "nm"] = "structured", *,
-                 latency_table: Mapping[str, Any] | None = None, allow_remainder: bool = False) -> GroupSet:
+                 latency_table: Mapping[str, Any] | None = None, allow_remainder: bool = False,
+                 block_order: str = "index") -> GroupSet:
     """Cut ``model``'s parameters into the groups ``profile`` asks for in ``phase``.
 
     Args:
@@ -60,13 +63,18 @@ def build_groups(model: nn.Module, profile: HardwareProfile, example_inputs: Any
         phase: ``"structured"`` (channel, channel_block, kernel_shape, layer, unstructured) or ``"nm"``.
         latency_table: layer name -> per-group cost (``weight_mode="latency"`` only).
         allow_remainder: make the last channel block smaller instead of using the fallback/erroring.
+        block_order: which channels share a channel block: ``"index"`` consecutive ones, ``"norm"``
+            the channels sorted by the norm of their producer slices (what a trained model is
+            pruned with; see ``hwprune.groups.channels``).
 
     Raises:
-        ConfigError: unknown phase, a non-optional rule matching nothing, a block not dividing a
+        ConfigError: unknown phase or block order, a non-optional rule matching nothing, a block not dividing a
             width without fallback, a ``layer`` rule on a non-block module, a missing latency entry.
     """
     if phase not in PHASES:
         raise ConfigError(f"unknown phase {phase!r}; valid: {', '.join(PHASES)}")
+    if block_order not in BLOCK_ORDERS:
+        raise ConfigError(f"unknown block order {block_order!r}; valid: {', '.join(BLOCK_ORDERS)}")
     rules = resolve_rules(model, profile, phase)
     spatial = record_spatial(model, example_inputs)
     layout = Layout()
@@ -75,7 +83,7 @@ def build_groups(model: nn.Module, profile: HardwareProfile, example_inputs: Any
         add_layer_groups(model, rules, layout, spatial, claims)
         add_head_groups(model, rules, layout, spatial, claims)
         add_channel_sets(model, build_graph(model, example_inputs), rules, layout, spatial, claims,
-                         allow_remainder=allow_remainder)
+                         allow_remainder=allow_remainder, block_order=block_order)
         add_mask_groups(model, rules, layout, spatial, claims.modules)
     else:
         add_nm_groups(model, rules, layout)

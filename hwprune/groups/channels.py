@@ -13,6 +13,12 @@ For every coupled set of output channels (rooted at convs and Linear layers, rea
   every requested block. A block that does not divide the width uses the rule's ``fallback``
   (``channel``, ``channel_block`` or ``none``), else ConfigError naming layer and width
   (``allow_remainder=True`` instead makes the last block smaller);
+* which channels share a block: ``block_order="index"`` cuts consecutive channels (8j .. 8j+7);
+  ``"norm"`` sorts the units by the norm of their producer slices first (descending, ties by
+  index), so a block holds channels of similar magnitude. Only the kept *width* matters to the
+  device (surgery compacts the survivors), so any 8 channels make a block; with sorted blocks,
+  keeping the top-k blocks keeps the top 8k channels, and the zero channels of a masked model
+  form whole blocks whatever partition trained it (METHOD-level notes: docs/recipe.md);
 * the set stays dense, with the reason in ``GroupSet.dense`` and the log, when it is coupled to
   the model output, touches a ``layer``-grouped branch or parameters of ``head`` groups, passes an
   opaque reshape/split (channel shuffle, head split; see ``graph``), is normalised across its
@@ -87,6 +93,7 @@ class _Ctx:
     spatial: Mapping[str, int]
     claims: Claims
     allow_remainder: bool
+    block_order: str = "index"
     order: dict[str, int] = field(default_factory=dict)
     containers: list[tuple[str, LayerRule]] = field(default_factory=list)
     segments: dict[str, Segment] = field(default_factory=dict)
@@ -203,7 +210,8 @@ def _resolve(cs: CoupledSet, requests: Sequence[_Request], n_atoms: int,
 
 
 def add_channel_sets(model: nn.Module, dg: Any, rules: Mapping[str, LayerRule | None], layout: Layout,
-                     spatial: Mapping[str, int], claims: Claims, *, allow_remainder: bool = False) -> None:
+                     spatial: Mapping[str, int], claims: Claims, *, allow_remainder: bool = False,
+                     block_order: str = "index") -> None:
     """Append one removable entry per grouped coupled set of ``dg`` to ``layout`` (see module docstring).
 
     Args:
@@ -215,9 +223,11 @@ def add_channel_sets(model: nn.Module, dg: Any, rules: Mapping[str, LayerRule | 
         claims: module names inside ``layer`` branches and parameters of ``head`` groups (sets touching
             them stay dense).
         allow_remainder: make the last channel block smaller instead of using the fallback/erroring.
+        block_order: ``"index"`` (consecutive channels per block) or ``"norm"`` (channels sorted by
+            the norm of their producer slices before they are cut into blocks).
     """
     names = {m: n for n, m in model.named_modules()}
-    ctx = _Ctx(model, rules, layout, spatial, claims, allow_remainder,
+    ctx = _Ctx(model, rules, layout, spatial, claims, allow_remainder, block_order,
                order={n: i for i, n in enumerate(names.values())},
                containers=[(n, r) for n, r in rules.items()
                            if r is not None and isinstance(r.granularity, MLPBlockGranularity)])
@@ -246,8 +256,32 @@ def add_channel_sets(model: nn.Module, dg: Any, rules: Mapping[str, LayerRule | 
         _add_entry(ctx, cs, units, *resolved)
 
 
+def _unit_scores(cs: CoupledSet, units: list[list[int]]) -> list[float]:
+    """Squared norm (float64) of every unit's producer slices: the group norm each unit adds."""
+    per_root = torch.zeros(cs.width, dtype=torch.float64)
+    for m in cs.producers:
+        params = [(m.param, m.param_dim)] if m.param is not None else [
+            (p, param_axis(m.module, pn, p.dim(), p.numel())) for pn, p in m.module.named_parameters(recurse=False)]
+        for p, dim in params:
+            if dim is None:
+                continue
+            view, red = channel_view(p.shape, dim)
+            sq = p.detach().to(torch.float64).reshape(view).square().sum(dim=red)
+            per_root.index_add_(0, torch.tensor(m.root_idxs, dtype=torch.long), sq[torch.tensor(m.idxs)])
+    return [float(per_root[u].sum()) for u in units]
+
+
+def _ordered_units(ctx: _Ctx, cs: CoupledSet, units: list[list[int]], block: int) -> list[list[int]]:
+    """``units`` in the order they are cut into blocks (``ctx.block_order``; single units: unchanged)."""
+    if ctx.block_order == "index" or block == 1:
+        return units
+    scores = _unit_scores(cs, units)
+    return [units[i] for i in sorted(range(len(units)), key=lambda i: (-scores[i], i))]
+
+
 def _add_entry(ctx: _Ctx, cs: CoupledSet, units: list[list[int]], block: int, kind: str, label: str,
                note: str) -> None:
+    units = _ordered_units(ctx, cs, units, block)
     chunks = [sorted(c for a in units[i:i + block] for c in a) for i in range(0, len(units), block)]
     first = ctx.layout.reserve(len(chunks))
     rgid = torch.empty(cs.width, dtype=torch.long)

@@ -30,11 +30,13 @@ def surgery_groups(model: nn.Module, profile: HardwareProfile, rd: RunDir, *, wh
     """Structured groups of ``model`` under the run's profile, with uniform weights.
 
     Weights do not matter for surgery or for a mask-fixed fine-tune (and ``weight_mode: latency``
-    would need the latency table again). A profile that no longer fits the model is one ConfigError.
+    would need the latency table again). Channel blocks are cut in norm order, so the zero channels
+    of a masked model form whole blocks whichever partition its training used. A profile that no
+    longer fits the model is one ConfigError.
     """
     try:
         return build_groups(model, dataclasses.replace(profile, weight_mode="uniform"), rd.example_input(),
-                            phase="structured")
+                            phase="structured", block_order="norm")
     except HwpruneError as exc:
         raise ConfigError(f"{rd.root}: cannot group the {what} under profile '{profile.name}': {exc}") from exc
 

@@ -44,6 +44,9 @@ class TrainJobConfig:
     ``bn_recalibrate``: re-estimate BatchNorm statistics on training images after the projection
     (``hwprune.training.bnrecal``); ``distill``: add a dense-teacher distillation term
     (``distill_alpha``, ``distill_temperature``; ``hwprune.training.distill``) to the fine-tune.
+    ``block_order``: which channels share a channel block once the dense model is trained:
+    ``norm`` (sorted by magnitude, the default) or ``index`` (consecutive channels; see
+    ``hwprune.groups.channels``).
     ``rewind`` (diagnosis, config files only): after the projection, reset the kept groups to the
     dense model's weights (the selection is kept).
     ``model_path``: directories (``os.pathsep``-separated) put on ``sys.path`` before a
@@ -79,6 +82,7 @@ class TrainJobConfig:
     compact_finetune: bool = True
     method_options: dict[str, Any] = field(default_factory=dict)
     bn_recalibrate: bool = True
+    block_order: str = "norm"
     rewind: bool = False
     distill: bool = False
     distill_alpha: float = 0.5
@@ -105,6 +109,8 @@ class TrainJobConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device must be one of cpu, cuda, auto; got {self.device!r}")
+        if self.block_order not in ("norm", "index"):
+            raise ConfigError(f"block_order must be one of norm, index; got {self.block_order!r}")
         if not self.distill_alpha >= 0 or not self.distill_temperature > 0:
             raise ConfigError(f"distill_alpha must be >= 0 and distill_temperature > 0, got "
                               f"{self.distill_alpha}, {self.distill_temperature}")

@@ -217,7 +217,7 @@ def _rewind_hook(dense: nn.Module, gs: GroupSet) -> Any:
 
 def _recipe(cfg: TrainJobConfig) -> dict[str, Any]:
     """The method-independent recipe steps of the job, as ``metrics.json`` records them."""
-    out: dict[str, Any] = {"bn_recalibrate": cfg.bn_recalibrate, "distill": cfg.distill}
+    out: dict[str, Any] = {"bn_recalibrate": cfg.bn_recalibrate, "distill": cfg.distill, "block_order": cfg.block_order}
     if cfg.distill:
         out.update(distill_alpha=cfg.distill_alpha, distill_temperature=cfg.distill_temperature)
     return out
@@ -276,7 +276,8 @@ def run_train_job(
     val_dense = runner.val_accuracy(model)
 
     t0 = time.perf_counter()
-    gs = build_groups(model, profile, rd.example_input(), phase="structured", latency_table=latency_table)
+    gs = build_groups(model, profile, rd.example_input(), phase="structured", latency_table=latency_table,
+                      block_order=cfg.block_order)  # "norm": blocks of channels of similar magnitude (recipe.md)
     k = _budget(gs, cfg.sparsity, k_override)
     rd.write_groups(gs)
     for warning in alignment_warnings(gs.summary(), [], profile.alignment):

@@ -24,6 +24,8 @@ from hwprune.training.config import TrainJobConfig
 __all__ = ["RUN_FORMAT", "PipelineOptions", "RunConfig"]
 
 RUN_FORMAT = 1  # version of the run-directory layout (RunDir); bump when an artifact changes meaning
+# train keys added after run format 1 was fixed, with the value that reproduces a run recorded without them
+LEGACY_TRAIN_DEFAULTS: dict[str, Any] = {"block_order": "index"}
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ class RunConfig:
         """Parse ``config.yaml``; another run format is one ``DataError`` line naming the file.
 
         Raises:
-            DataError: no ``run_format`` (an older hwprune wrote it) or a different one.
+            DataError: no ``run_format`` (an older hwprune wrote it) or a different one; a train section
+                missing keys the job always writes (a truncated file).
             ConfigError: a malformed section (unknown key, wrong type), naming the key.
         """
         fmt = d.get("run_format")
@@ -149,6 +152,13 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; valid: run_format, profile, train, "
                               "pipeline")
-        return cls(train=TrainJobConfig.from_mapping(train, source=f"{source}: train"),
+        job = TrainJobConfig.from_mapping({**LEGACY_TRAIN_DEFAULTS, **train}, source=f"{source}: train")
+        missing = [f.name for f in dataclasses.fields(TrainJobConfig) if f.name not in train
+                   and f.name not in LEGACY_TRAIN_DEFAULTS]
+        if missing:  # the job writes every key: a gap is a cut or hand-edited file
+            raise DataError(f"{source}: the train section lacks {', '.join(missing[:4])}"
+                            f"{' ...' if len(missing) > 4 else ''} (truncated or not written by hwprune); "
+                            "re-run 'hwprune train' or 'hwprune run' into a new directory")
+        return cls(train=job,
                    profile=str(d.get("profile") or train.get("profile") or ""),
                    pipeline=PipelineOptions.from_mapping(pipeline, source=f"{source}: pipeline"))
