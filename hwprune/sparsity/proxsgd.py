@@ -237,6 +237,11 @@ class ProxSGD(torch.optim.Optimizer):
                         p.add_(dirs[id(p)], alpha=-lr)
                 continue
             halfspace_now = self.halfspace and self.step_count >= self.hs_start
+            if self.lam == 0.0 and self.controller is None and not halfspace_now and not bool(self.frozen.any()):
+                for p in group["params"]:  # no prox, nothing frozen (a compact fine-tune): plain momentum SGD
+                    if id(p) in dirs:
+                        p.add_(dirs[id(p)], alpha=-lr)
+                continue
             if halfspace_now:
                 sq_prev = self._sq_norms()
                 dir_map = {n: dirs[id(p)] for n, p in zip(self._names, group["params"], strict=True) if id(p) in dirs}
