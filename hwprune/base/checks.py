@@ -11,9 +11,10 @@ import math
 
 from hwprune.base.errors import ConfigError
 
-__all__ = ["SPARSITY_INTERVAL", "check_sparsity"]
+__all__ = ["SPARSITY_INTERVAL", "BLOCK_ORDERS", "check_sparsity"]
 
 SPARSITY_INTERVAL = "[0, 1)"  # the one valid range of a sparsity, as the error messages print it
+BLOCK_ORDERS = ("index", "norm")  # which channels share a channel block (hwprune.groups.channels)
 
 
 def check_sparsity(value: object, *, what: str = "sparsity") -> float:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.core import ParameterSource
 
+from hwprune.base.checks import BLOCK_ORDERS
 from hwprune.base.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ _JOB_OPTIONS: list[Callable[[Any], Any]] = [
                  help="fine-tune with a dense-teacher distillation term (any method) [default: off]"),
     click.option("--bn-recalibrate/--no-bn-recalibrate", "bn_recalibrate", default=None,
                  help="re-estimate BatchNorm statistics on training images after the projection [default: on]"),
-    click.option("--block-order", type=click.Choice(["norm", "index"]),
+    click.option("--block-order", type=click.Choice(BLOCK_ORDERS),
                  help="which channels share a channel block: sorted by magnitude after the dense phase, or "
                  "consecutive [default: norm]"),
     click.option("--lr", type=float, help="learning rate of the sparse phase (and of the dense phase unless "

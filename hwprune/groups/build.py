@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from hwprune.base.checks import BLOCK_ORDERS
 from hwprune.base.errors import ConfigError
 from hwprune.groups.channels import add_channel_sets
 from hwprune.groups.graph import build_graph
@@ -43,9 +44,7 @@ from hwprune.groups.masks import add_layer_groups, add_mask_groups, add_nm_group
 from hwprune.groups.segments import Claims, Layout, record_spatial
 from hwprune.profiles.schema import HardwareProfile
 
-__all__ = ["build_groups", "BLOCK_ORDERS"]
-
-BLOCK_ORDERS = ("index", "norm")
+__all__ = ["build_groups"]
 
 log = logging.getLogger(__name__)
 

@@ -231,14 +231,10 @@ class ProxSGD(torch.optim.Optimizer):
         for group in self.param_groups:
             dirs = self._sgd_direction(group)
             lr = group["lr"]
-            if not group.get("grouped", False):
-                for p in group["params"]:
-                    if id(p) in dirs:
-                        p.add_(dirs[id(p)], alpha=-lr)
-                continue
             halfspace_now = self.halfspace and self.step_count >= self.hs_start
-            if self.lam == 0.0 and self.controller is None and not halfspace_now and not bool(self.frozen.any()):
-                for p in group["params"]:  # no prox, nothing frozen (a compact fine-tune): plain momentum SGD
+            no_prox = self.lam == 0.0 and self.controller is None and not halfspace_now and not bool(self.frozen.any())
+            if not group.get("grouped", False) or no_prox:  # ungrouped tensors, or nothing for the prox to do
+                for p in group["params"]:  # (a compact fine-tune: no prox, nothing frozen): plain momentum SGD
                     if id(p) in dirs:
                         p.add_(dirs[id(p)], alpha=-lr)
                 continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hwprune.base.checks import check_sparsity
+from hwprune.base.checks import BLOCK_ORDERS, check_sparsity
 from hwprune.base.errors import ConfigError
 
 __all__ = ["TrainJobConfig", "load_config_file", "load_config_sections", "MAX_VAL_FRACTION"]
@@ -109,8 +109,8 @@ class TrainJobConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ConfigError(f"device must be one of cpu, cuda, auto; got {self.device!r}")
-        if self.block_order not in ("norm", "index"):
-            raise ConfigError(f"block_order must be one of norm, index; got {self.block_order!r}")
+        if self.block_order not in BLOCK_ORDERS:
+            raise ConfigError(f"block_order must be one of {', '.join(BLOCK_ORDERS)}; got {self.block_order!r}")
         if not self.distill_alpha >= 0 or not self.distill_temperature > 0:
             raise ConfigError(f"distill_alpha must be >= 0 and distill_temperature > 0, got "
                               f"{self.distill_alpha}, {self.distill_temperature}")
